@@ -1,0 +1,30 @@
+# Two commands on a fresh machine: `make run` (main job) and `make test` (the tests).
+# Each creates or refreshes .venv from pyproject.toml, where the whole stack is pinned.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test test-slow bench lint
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m harness check
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow || test $$? -eq 5  # 5: no slow tests selected
+
+bench: $(STAMP)
+	$(PY) -m pytest tests/bench --benchmark-enable --benchmark-only \
+		--benchmark-min-rounds=5 --benchmark-columns=min,median,iqr,rounds \
+		--benchmark-sort=name --benchmark-json=results/bench.json
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .

@@ -1,0 +1,106 @@
+"""Typed configuration: Hydra schemas (registered in the ConfigStore) and the frozen,
+validated settings that everything below the CLI receives.
+
+``harness/__main__.py`` composes Hydra config, turns it into a schema object once with
+``OmegaConf.to_object``, and calls a ``*_settings`` function here; nothing below that
+boundary sees a DictConfig. Errors name the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+import variants as registry
+from harness.specs import SpecError, VariantSpec, dedupe, default_specs, parse_spec, spec_name
+from variants.contract import DEVICES, DTYPES, ContractError
+
+CHECK_DTYPES = ("fp32", "bf16", "fp16")
+
+
+class ConfigError(ValueError):
+    """Bad user configuration; the message names the field and what is allowed."""
+
+
+@dataclass
+class CheckConf:
+    """Hydra schema of ``python -m harness check`` (conf/check.yaml)."""
+
+    variants: list[str] = field(default_factory=list)
+    extra_variants: list[str] = field(default_factory=list)
+    dtypes: list[str] = field(default_factory=lambda: list(CHECK_DTYPES))
+    device: str = "cpu"
+    causal: list[bool] = field(default_factory=lambda: [False, True])
+    backward: bool = True
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    """Validated settings of the agreement matrix."""
+
+    specs: tuple[VariantSpec, ...]
+    dtypes: tuple[str, ...]
+    device: str
+    causal: tuple[bool, ...]
+    backward: bool
+    seed: int
+
+
+def resolve_device(device: str) -> str:
+    """Map ``auto`` to the best available device and refuse unavailable ones."""
+    allowed = ("auto", *DEVICES)
+    if device not in allowed:
+        raise ConfigError(f"device: unknown device {device!r}; allowed: {list(allowed)}")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' requested but torch.cuda.is_available() is False")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device: 'mps' requested but torch.backends.mps.is_available() is False")
+    return device
+
+
+def check_dtypes(names: Sequence[str], allowed: Sequence[str] = CHECK_DTYPES) -> tuple[str, ...]:
+    """Validate dtype names against the allowed ones."""
+    if not names:
+        raise ConfigError(f"dtypes: empty list; allowed: {list(allowed)}")
+    for name in names:
+        if name not in allowed or name not in DTYPES:
+            raise ConfigError(f"dtypes: unknown dtype {name!r}; allowed: {list(allowed)}")
+    return tuple(names)
+
+
+def variant_specs(names: Sequence[str], extra_modules: Sequence[str]) -> tuple[VariantSpec, ...]:
+    """Load the registry plus external modules and parse the requested specs (all if empty)."""
+    try:
+        if not names:
+            return tuple(default_specs(registry.load_all(extra_modules)))
+        wanted = {spec_name(text) for text in names} - set(registry.REGISTRY)
+        builtin = [spec_name(t) for t in names if spec_name(t) in registry.REGISTRY]
+        loaded = registry.load_all(extra_modules, names=dict.fromkeys(builtin))
+        unknown = wanted - set(loaded)
+        if unknown:
+            allowed = sorted(set(registry.REGISTRY) | set(loaded))
+            raise ConfigError(f"variants: unknown variant {sorted(unknown)}; allowed: {allowed}")
+        return tuple(dedupe(parse_spec(text, loaded) for text in names))
+    except (SpecError, ContractError) as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def check_settings(conf: CheckConf) -> CheckSettings:
+    """Validate a composed CheckConf into frozen settings, before any work is done."""
+    if not conf.causal:
+        raise ConfigError("causal: empty list; allowed: [false, true]")
+    return CheckSettings(
+        specs=variant_specs(conf.variants, conf.extra_variants),
+        dtypes=check_dtypes(conf.dtypes),
+        device=resolve_device(conf.device),
+        causal=tuple(dict.fromkeys(conf.causal)),
+        backward=conf.backward,
+        seed=conf.seed,
+    )

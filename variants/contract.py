@@ -1,0 +1,204 @@
+"""The contract every attention variant follows, and the loader that checks it.
+
+A variant is one module exposing:
+
+- ``NAME: str`` -- the registry name (``naive``, ``sdpa``, ...).
+- ``Config`` -- a frozen dataclass of the variant's own settings (tiles, window, backend ...),
+  with defaults for every field; Hydra composes the same dataclass in sweeps.
+- ``PRESETS: Mapping[str, Config]`` -- named configurations worth running side by side
+  (``sdpa@flash``, ``sparse@bigbird``); may be empty.
+- ``SUPPORTS: Supports`` -- devices, dtypes, causal and backward support.
+- ``computes(cfg) -> Semantics`` -- what the variant claims to compute, so the oracle can
+  build the float64 reference: exact softmax attention, softmax over a sparse pattern, or a
+  normalised linear-attention form.
+- ``unavailable_reason(device, dtype, *, causal, backward, cfg) -> str | None`` -- a sentence a
+  person understands when the variant cannot run here (beyond ``SUPPORTS``), else None.
+- ``attention(q, k, v, *, causal, scale, cfg) -> Tensor`` with q (B, H, Nq, D) and k, v
+  (B, H, Nk, D); output (B, H, Nq, D) in the input dtype. ``scale`` None means 1/sqrt(D).
+  It may raise ``Unavailable`` for inputs it cannot handle; it never falls back silently.
+
+Causal masking is top-left aligned everywhere in this project: query i sees keys j <= i,
+whatever Nq and Nk are. A query row that sees no key at all (possible only with sparse
+patterns) yields zeros and zero gradients, as torch's CPU SDPA does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import torch
+
+DTYPES: Mapping[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "fp64": torch.float64,
+}
+DTYPE_NAMES: Mapping[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
+DEVICES: tuple[str, ...] = ("cpu", "cuda", "mps")
+
+#: keep(nq, nk, causal, device) -> bool tensor (Nq, Nk): True where the pattern keeps an entry.
+PatternFn = Callable[[int, int, bool, torch.device], torch.Tensor]
+#: phi(x) -> positive features, same shape as x.
+FeatureMap = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Supports:
+    """What a variant can run: devices, dtypes, causal masking and backward."""
+
+    devices: frozenset[str]
+    dtypes: frozenset[torch.dtype]
+    causal: bool = True
+    backward: bool = True
+
+
+@dataclass(frozen=True)
+class SoftmaxAttention:
+    """Exact softmax(Q K^T * scale) V."""
+
+    kind: str = "softmax"
+
+
+@dataclass(frozen=True)
+class SparseSoftmax:
+    """Softmax over exactly the entries a pattern keeps (causal already folded in)."""
+
+    keep: PatternFn
+    description: str
+    kind: str = "sparse"
+
+
+@dataclass(frozen=True)
+class LinearAttention:
+    """Row-normalised phi(Q) phi(K)^T V / (phi(Q) phi(K)^T 1 + eps), lower-triangular if causal."""
+
+    feature_map: FeatureMap
+    eps: float
+    kind: str = "linear"
+
+
+Semantics = SoftmaxAttention | SparseSoftmax | LinearAttention
+
+_REQUIRED: Mapping[str, str] = {
+    "NAME": "a str naming the variant",
+    "Config": "a frozen dataclass of the variant's settings",
+    "PRESETS": "a mapping of preset name to Config instance (may be empty)",
+    "SUPPORTS": "a variants.contract.Supports",
+    "computes": "a function computes(cfg) -> Semantics",
+    "unavailable_reason": "a function unavailable_reason(device, dtype, *, causal, backward, cfg)",
+    "attention": "a function attention(q, k, v, *, causal, scale, cfg)",
+}
+
+
+class ContractError(TypeError):
+    """A module named as a variant does not follow the variant contract."""
+
+
+class Unavailable(RuntimeError):
+    """Raised by ``attention`` when these particular inputs cannot run (a shape a kernel
+    rejects, say); the harness records the case as unavailable with this message."""
+
+
+def default_scale(head_dim: int, scale: float | None) -> float:
+    """The softmax scale: the given one, or 1/sqrt(D)."""
+    return 1.0 / math.sqrt(head_dim) if scale is None else scale
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A loaded, contract-checked variant module."""
+
+    name: str
+    module: ModuleType
+
+    @property
+    def config_cls(self) -> type:
+        """The variant's config dataclass."""
+        return self.module.Config
+
+    @property
+    def supports(self) -> Supports:
+        """What the variant declares it supports."""
+        return self.module.SUPPORTS
+
+    @property
+    def presets(self) -> Mapping[str, Any]:
+        """Named configurations the variant offers."""
+        return self.module.PRESETS
+
+    def computes(self, cfg: Any) -> Semantics:
+        """What the variant computes under ``cfg``."""
+        return self.module.computes(cfg)
+
+    def attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+        causal: bool, scale: float | None, cfg: Any,
+    ) -> torch.Tensor:
+        """Run the variant: q (B, H, Nq, D), k/v (B, H, Nk, D) -> (B, H, Nq, D)."""
+        return self.module.attention(q, k, v, causal=causal, scale=scale, cfg=cfg)
+
+    def unavailable_reason(
+        self, device: str, dtype: torch.dtype, *, causal: bool, backward: bool, cfg: Any
+    ) -> str | None:
+        """Why this variant cannot run this combination, or None when it can."""
+        sup = self.supports
+        if device not in sup.devices:
+            return f"{self.name} does not run on {device} (supports: {sorted(sup.devices)})"
+        if dtype not in sup.dtypes:
+            allowed = sorted(DTYPE_NAMES.get(d, str(d)) for d in sup.dtypes)
+            return f"{self.name} does not support {DTYPE_NAMES.get(dtype, dtype)} ({allowed})"
+        if causal and not sup.causal:
+            return f"{self.name} has no causal mode"
+        if backward and not sup.backward:
+            return f"{self.name} declares backward unsupported"
+        return self.module.unavailable_reason(
+            device, dtype, causal=causal, backward=backward, cfg=cfg
+        )
+
+
+def check_module(module: ModuleType) -> Variant:
+    """Check ``module`` against the contract and wrap it; raise ContractError naming gaps."""
+    label = module.__name__
+    missing = [f"{attr} ({what})" for attr, what in _REQUIRED.items() if not hasattr(module, attr)]
+    if missing:
+        raise ContractError(f"variant module {label!r} is missing: " + "; ".join(missing))
+    problems = _shape_problems(module)
+    if problems:
+        raise ContractError(f"variant module {label!r} breaks the contract: " + "; ".join(problems))
+    return Variant(name=module.NAME, module=module)
+
+
+def _shape_problems(module: ModuleType) -> list[str]:
+    """List the contract's type-level violations of an already-complete module."""
+    problems = []
+    if not isinstance(module.NAME, str) or not module.NAME.isidentifier():
+        problems.append(f"NAME must be an identifier string, got {module.NAME!r}")
+    cfg_cls = module.Config
+    if not (isinstance(cfg_cls, type) and dataclasses.is_dataclass(cfg_cls)):
+        problems.append("Config must be a dataclass")
+    elif not cfg_cls.__dataclass_params__.frozen:
+        problems.append("Config must be a frozen dataclass (@dataclass(frozen=True))")
+    if not isinstance(module.SUPPORTS, Supports):
+        problems.append("SUPPORTS must be a variants.contract.Supports")
+    if not isinstance(module.PRESETS, Mapping):
+        problems.append("PRESETS must be a mapping of name to Config")
+    for attr in ("computes", "unavailable_reason", "attention"):
+        if not callable(getattr(module, attr)):
+            problems.append(f"{attr} must be callable")
+    return problems
+
+
+def load_module(path: str) -> Variant:
+    """Import a variant module by dotted path and check it; errors name the module."""
+    try:
+        module = importlib.import_module(path)
+    except ImportError as exc:
+        raise ContractError(f"cannot import variant module {path!r}: {exc}") from exc
+    return check_module(module)

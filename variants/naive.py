@@ -1,0 +1,77 @@
+"""Textbook attention: softmax(Q K^T * scale) V with the full score matrix materialised.
+
+It reads like the formula on purpose: the float64 oracle is this very code. Rows are
+max-subtracted before ``exp``; causal is top-left aligned (query i sees keys j <= i).
+A row whose keep-mask is all False gives zeros (and zero gradients), not NaN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from variants.contract import (
+    DTYPES,
+    SoftmaxAttention,
+    Supports,
+    default_scale,
+)
+
+NAME = "naive"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The naive variant has no settings."""
+
+
+PRESETS: dict[str, Config] = {}
+SUPPORTS = Supports(
+    devices=frozenset({"cpu", "cuda", "mps"}),
+    dtypes=frozenset({DTYPES["fp32"], DTYPES["bf16"], DTYPES["fp16"], DTYPES["fp64"]}),
+)
+
+
+def computes(cfg: Config) -> SoftmaxAttention:
+    """Exact softmax attention."""
+    return SoftmaxAttention()
+
+
+def unavailable_reason(
+    device: str, dtype: torch.dtype, *, causal: bool, backward: bool, cfg: Config
+) -> str | None:
+    """Always available where SUPPORTS says so."""
+    return None
+
+
+def causal_keep(nq: int, nk: int, device: torch.device | str) -> torch.Tensor:
+    """Top-left causal keep-mask (Nq, Nk): query i sees keys j <= i."""
+    return torch.ones(nq, nk, dtype=torch.bool, device=device).tril()
+
+
+def masked_softmax_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, keep: torch.Tensor | None
+) -> torch.Tensor:
+    """softmax over kept entries of (Q K^T * scale), times V; empty rows give zeros."""
+    scores = (q @ k.transpose(-2, -1)).mul_(scale)  # (B, H, Nq, Nk)
+    if keep is not None:
+        scores.masked_fill_(~keep, float("-inf"))
+    # Subtracting the row max changes nothing mathematically (hence detach) but keeps exp finite.
+    row_max = scores.detach().amax(dim=-1, keepdim=True)  # (B, H, Nq, 1)
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    weights = (scores - row_max).exp_()  # (B, H, Nq, Nk); exp(-inf) = 0
+    del scores  # at most two (Nq, Nk) matrices are alive at once
+    denom = weights.sum(dim=-1, keepdim=True)  # (B, H, Nq, 1)
+    denom = torch.where(denom > 0, denom, torch.ones_like(denom))  # empty rows -> zeros
+    return (weights @ v) / denom  # (B, H, Nq, D): normalising after the matmul is O(N D)
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+    causal: bool = False, scale: float | None = None, cfg: Any = None,
+) -> torch.Tensor:
+    """softmax(Q K^T * scale) V; q (B, H, Nq, D), k/v (B, H, Nk, D) -> (B, H, Nq, D)."""
+    keep = causal_keep(q.shape[-2], k.shape[-2], q.device) if causal else None
+    return masked_softmax_attention(q, k, v, default_scale(q.shape[-1], scale), keep)

@@ -1,0 +1,88 @@
+"""PyTorch's ``scaled_dot_product_attention``, the practitioner's reference.
+
+``Config.backend`` picks the kernel: ``auto`` lets PyTorch choose; ``math``, ``flash``,
+``efficient`` and ``cudnn`` pin one through ``torch.nn.attention.sdpa_kernel``. A pinned backend
+that cannot run these inputs raises ``Unavailable`` with PyTorch's reasons: it never falls back
+to another kernel. ``is_causal`` in PyTorch is top-left aligned, as in this project.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from variants.contract import DTYPES, SoftmaxAttention, Supports, Unavailable
+
+NAME = "sdpa"
+
+BACKENDS: Mapping[str, SDPBackend | None] = {
+    "auto": None,
+    "math": SDPBackend.MATH,
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+}
+#: Backends with a CPU kernel in torch 2.13 (others raise "No viable backend" on CPU).
+CPU_BACKENDS = frozenset({"auto", "math", "flash"})
+
+
+@dataclass(frozen=True)
+class Config:
+    """backend: one of auto, math, flash, efficient, cudnn."""
+
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {list(BACKENDS)}, got {self.backend!r}")
+
+
+PRESETS: dict[str, Config] = {name: Config(backend=name) for name in BACKENDS if name != "auto"}
+SUPPORTS = Supports(
+    devices=frozenset({"cpu", "cuda", "mps"}),
+    dtypes=frozenset({DTYPES["fp32"], DTYPES["bf16"], DTYPES["fp16"], DTYPES["fp64"]}),
+)
+
+
+def computes(cfg: Config) -> SoftmaxAttention:
+    """Exact softmax attention, whatever the backend."""
+    return SoftmaxAttention()
+
+
+def unavailable_reason(
+    device: str, dtype: torch.dtype, *, causal: bool, backward: bool, cfg: Config
+) -> str | None:
+    """Backends without a kernel on this device; per-shape limits surface at call time."""
+    if device == "cpu" and cfg.backend not in CPU_BACKENDS:
+        return (
+            f"SDPA backend {cfg.backend!r} has no CPU kernel in torch {torch.__version__} "
+            f"(CPU offers {sorted(CPU_BACKENDS - {'auto'})})"
+        )
+    if device == "mps" and cfg.backend not in ("auto", "math"):
+        return f"SDPA backend {cfg.backend!r} has no MPS kernel"
+    return None
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+    causal: bool = False, scale: float | None = None, cfg: Config = Config(),
+) -> torch.Tensor:
+    """SDPA on q (B, H, Nq, D), k/v (B, H, Nk, D) -> (B, H, Nq, D) with the chosen backend."""
+    backend = BACKENDS[cfg.backend]
+    if backend is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+    with warnings.catch_warnings(record=True) as caught, sdpa_kernel([backend]):
+        warnings.simplefilter("always")
+        try:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+        except RuntimeError as exc:
+            if "No viable backend" not in str(exc):
+                raise
+            why = "; ".join(str(w.message) for w in caught) or str(exc)
+            msg = f"SDPA backend {cfg.backend!r} cannot run these inputs: {why}"
+            raise Unavailable(msg) from exc

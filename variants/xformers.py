@@ -1,0 +1,114 @@
+"""``xformers.ops.memory_efficient_attention`` with this project's layout and causal mask.
+
+xformers takes (B, N, H, D) ("BMHK"); we convert from and to (B, H, N, D). Causal maps to
+``LowerTriangularMask``, which is top-left aligned like ours (query i sees keys j <= i).
+``Config.op`` pins a kernel family (``cutlass``, ``flash``) or lets xformers dispatch
+(``auto``); an op that cannot run the inputs raises ``Unavailable``, never a fallback.
+xformers 0.0.35 has no CPU kernels, so on CPU the variant is unavailable with that reason.
+xformers is imported lazily: importing it prints a warning about its compiled extensions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from variants.contract import DTYPES, SoftmaxAttention, Supports, Unavailable
+
+NAME = "xformers"
+
+#: op name -> attribute of xformers.ops.fmha holding the (forward, backward) op pair.
+OPS: dict[str, str | None] = {
+    "auto": None,
+    "cutlass": "MemoryEfficientAttentionCutlassOp",
+    "flash": "MemoryEfficientAttentionFlashAttentionOp",
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """op: auto (xformers dispatches), cutlass or flash."""
+
+    op: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.op not in OPS:
+            raise ValueError(f"op must be one of {list(OPS)}, got {self.op!r}")
+
+
+PRESETS: dict[str, Config] = {"cutlass": Config(op="cutlass"), "flash": Config(op="flash")}
+SUPPORTS = Supports(
+    devices=frozenset({"cpu", "cuda"}),  # cpu is declared so the reason below is given
+    dtypes=frozenset({DTYPES["fp32"], DTYPES["bf16"], DTYPES["fp16"]}),
+)
+
+
+def computes(cfg: Config) -> SoftmaxAttention:
+    """Exact softmax attention."""
+    return SoftmaxAttention()
+
+
+def to_bmhk(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, N, D) -> xformers' (B, N, H, D)."""
+    return x.transpose(1, 2)  # (B, N, H, D)
+
+
+def from_bmhk(x: torch.Tensor) -> torch.Tensor:
+    """xformers' (B, N, H, D) -> (B, H, N, D)."""
+    return x.transpose(1, 2)  # (B, H, N, D)
+
+
+def causal_bias(causal: bool) -> Any:
+    """The xformers attention bias for our top-left causal mask, or None."""
+    if not causal:
+        return None
+    from xformers.ops.fmha.attn_bias import LowerTriangularMask
+
+    return LowerTriangularMask()
+
+
+def _op(cfg: Config) -> Any:
+    """The pinned xformers op pair, or None to let xformers dispatch."""
+    if OPS[cfg.op] is None:
+        return None
+    from xformers.ops import fmha
+
+    return getattr(fmha, OPS[cfg.op])
+
+
+def unavailable_reason(
+    device: str, dtype: torch.dtype, *, causal: bool, backward: bool, cfg: Config
+) -> str | None:
+    """CPU has no kernels; on CUDA a tiny probe asks xformers whether an op accepts the case."""
+    if device == "cpu":
+        return "xformers 0.0.35 has no CPU kernels (memory_efficient_attention is CUDA-only)"
+    try:
+        import xformers.ops  # noqa: F401
+    except ImportError as exc:
+        return f"xformers cannot be imported: {exc}"
+    probe = torch.zeros(1, 2, 1, 64, device=device, dtype=dtype, requires_grad=backward)
+    try:
+        attention(probe, probe, probe, causal=causal, cfg=cfg)
+    except Unavailable as exc:
+        return str(exc)
+    return None
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+    causal: bool = False, scale: float | None = None, cfg: Config = Config(),
+) -> torch.Tensor:
+    """memory_efficient_attention on q (B, H, Nq, D), k/v (B, H, Nk, D) -> (B, H, Nq, D)."""
+    import xformers.ops as xops
+
+    try:
+        out = xops.memory_efficient_attention(
+            to_bmhk(q), to_bmhk(k), to_bmhk(v),
+            attn_bias=causal_bias(causal), scale=scale, op=_op(cfg),
+        )  # (B, Nq, H, D)
+    except NotImplementedError as exc:
+        why = " ".join(line.strip() for line in str(exc).strip().splitlines()[:8])
+        raise Unavailable(f"xformers op {cfg.op!r} cannot run these inputs: {why}") from exc
+    return from_bmhk(out)  # (B, H, Nq, D)
