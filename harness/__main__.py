@@ -11,12 +11,11 @@ import sys
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from harness.config import CheckConf, ConfigError, check_settings
+from harness.config import ConfigError, check_settings, register_schemas
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 USAGE_ERROR = 2
@@ -24,8 +23,7 @@ USAGE_ERROR = 2
 
 def _compose(config_name: str, overrides: list[str]) -> object:
     """Compose conf/<config_name>.yaml with overrides into its schema object."""
-    cs = ConfigStore.instance()
-    cs.store(name="check_schema", node=CheckConf)
+    register_schemas()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=overrides)
     return OmegaConf.to_object(cfg)
@@ -63,9 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     func = COMMANDS[args.command][0]
     try:
         return func(args.overrides)
-    except (ConfigError, HydraException, OmegaConfBaseException) as exc:
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    except (HydraException, OmegaConfBaseException) as exc:
         cause = f"\n  caused by: {exc.__cause__}" if exc.__cause__ else ""
-        print(f"error: {exc}{cause}", file=sys.stderr)
+        given = " ".join(args.overrides)
+        print(f"error: invalid configuration ({given}): {exc}{cause}", file=sys.stderr)
         return USAGE_ERROR
 
 

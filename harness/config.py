@@ -8,8 +8,10 @@ boundary sees a DictConfig. Errors name the field and what is allowed.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, get_type_hints
 
 import torch
 
@@ -47,6 +49,40 @@ class CheckSettings:
     causal: tuple[bool, ...]
     backward: bool
     seed: int
+
+
+def schema_of(config_cls: type) -> type:
+    """A mutable mirror of a frozen variant Config, field for field, for Hydra to compose.
+
+    OmegaConf makes frozen dataclasses read-only, so YAML and overrides could not set them;
+    the mirror has the same names, types and defaults, and ``to_config`` turns a composed
+    mirror back into the frozen Config (running its validation).
+    """
+    hints = get_type_hints(config_cls)
+    fields = [
+        (f.name, hints[f.name], dataclasses.field(default=getattr(config_cls(), f.name)))
+        for f in dataclasses.fields(config_cls)
+    ]
+    return dataclasses.make_dataclass(f"{config_cls.__qualname__}Schema", fields)
+
+
+def to_config(config_cls: type, composed: Any) -> Any:
+    """Build the frozen Config from a composed schema object; errors name the field."""
+    try:
+        return config_cls(**dataclasses.asdict(composed))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{config_cls.__module__}.Config: {exc}") from exc
+
+
+def register_schemas() -> None:
+    """Register the Hydra schemas: one per subcommand and one per variant's Config."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="check_schema", node=CheckConf)
+    for name in registry.REGISTRY:
+        schema = schema_of(registry.get(name).config_cls)
+        cs.store(group="variant", name=f"{name}_schema", node=schema)
 
 
 def resolve_device(device: str) -> str:

@@ -12,8 +12,11 @@ from variants import naive
 from variants.contract import LinearAttention, Semantics, SoftmaxAttention, Variant, check_module
 
 
+SOFTMAX = SoftmaxAttention()
+
+
 def make_variant(
-    name: str, attention: Callable[..., torch.Tensor], semantics: Semantics = SoftmaxAttention()
+    name: str, attention: Callable[..., torch.Tensor], semantics: Semantics = SOFTMAX
 ) -> Variant:
     """Wrap an attention function as a contract-following variant module."""
     module = types.ModuleType(f"broken_{name}")
@@ -71,8 +74,7 @@ def window_one_too_wide(window: int) -> Any:
     claimed = sparse.computes(sparse.Config(pattern="window", window=window))
 
     def attention(q, k, v, *, causal, scale, cfg):
-        return sparse.attention(
-            q, k, v, causal=causal, scale=scale, cfg=sparse.Config(pattern="window", window=window + 1)
-        )
+        wider = sparse.Config(pattern="window", window=window + 1)
+        return sparse.attention(q, k, v, causal=causal, scale=scale, cfg=wider)
 
     return make_variant("wide_window", attention, claimed)

@@ -52,7 +52,8 @@ def test_reference_matches_torch_sdpa() -> None:
 BROKEN = {
     "wrong_scale": (lambda: broken.make_variant("ws", broken.wrong_scale), False, 1.0),
     "causal_off_by_one": (lambda: broken.make_variant("cob", broken.causal_off_by_one), True, 1.0),
-    "no_max_subtraction": (lambda: broken.make_variant("nms", broken.no_max_subtraction), False, 30.0),
+    "no_max_subtraction": (
+        lambda: broken.make_variant("nms", broken.no_max_subtraction), False, 30.0),
     "linear_unnormalised": (
         lambda: broken.make_variant("lu", broken.linear_unnormalised, broken.LINEAR), False, 1.0),
     "linear_unnormalised_causal": (
