@@ -11,7 +11,6 @@ import torch
 from variants import naive
 from variants.contract import LinearAttention, Semantics, SoftmaxAttention, Variant, check_module
 
-
 SOFTMAX = SoftmaxAttention()
 
 
