@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(PY) -m pytest tests/bench --benchmark-enable --benchmark-only \
 		--benchmark-min-rounds=5 --benchmark-columns=min,median,iqr,rounds \
 		--benchmark-sort=name --benchmark-json=results/bench.json
+	$(PY) -m tests.bench.targets results/bench.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

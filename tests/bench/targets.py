@@ -1,0 +1,67 @@
+"""Check the speed targets against a pytest-benchmark JSON file (``make bench`` writes one).
+
+Usage: ``python -m tests.bench.targets results/bench.json``; prints medians and ratios, exits 1
+if a target is missed. Ratios are of medians from the same run, so machine noise mostly cancels.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Target:
+    """numerator / denominator median ratio must be <= limit."""
+
+    label: str
+    numerator: str
+    denominator: str
+    limit: float
+
+
+TARGETS = (
+    Target("memory_efficient within 2.0x of sdpa at N=4096", "memory_efficient-4096",
+           "sdpa-4096", 2.0),
+    Target("linear t(16384)/t(4096) <= 5", "linear-16384", "linear-4096", 5.0),
+    Target("sparse window t(16384)/t(4096) <= 5", "sparse@window-16384", "sparse@window-4096",
+           5.0),
+    Target("sparse window >= 5x faster than sdpa at N=16384", "sparse@window-16384",
+           "sdpa-16384", 1 / 5),
+)
+
+
+def medians(path: Path) -> dict[str, float]:
+    """Median seconds per benchmark case id, from pytest-benchmark JSON."""
+    data = json.loads(path.read_text())
+    result = {}
+    for bench in data["benchmarks"]:
+        case = bench["name"].split("[", 1)[1].rstrip("]")
+        result[case] = bench["stats"]["median"]
+    return result
+
+
+def evaluate(meds: dict[str, float]) -> list[tuple[Target, float, bool]]:
+    """Each target with its measured ratio and whether it holds."""
+    rows = []
+    for t in TARGETS:
+        ratio = meds[t.numerator] / meds[t.denominator]
+        rows.append((t, ratio, ratio <= t.limit))
+    return rows
+
+
+def main(argv: list[str]) -> int:
+    """Print medians (ms) and target ratios; exit 1 when a target is missed."""
+    meds = medians(Path(argv[0]))
+    for case, sec in sorted(meds.items()):
+        print(f"{case:>24}: median {sec * 1e3:9.2f} ms")
+    rows = evaluate(meds)
+    for t, ratio, ok in rows:
+        print(f"{'PASS' if ok else 'FAIL'}  {t.label}: ratio {ratio:.3f} (limit {t.limit:.3g})")
+    return 0 if all(ok for _, _, ok in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
