@@ -1,0 +1,68 @@
+"""Wall-clock timing of one case with torch.utils.benchmark (device-synchronising timer).
+
+Modes: ``fwd`` runs under ``torch.inference_mode``; ``bwd`` times ``torch.autograd.grad`` on a
+graph built once outside the timed region (``retain_graph=True``: every call returns fresh
+gradients, nothing accumulates into ``.grad``); ``fwd+bwd`` times both. Inputs are created by
+the caller; warm-up runs before measuring; the thread count is explicit and recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.utils.benchmark as tbench
+
+Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Per-iteration seconds of each measured block, with summary statistics."""
+
+    times_s: tuple[float, ...]  # one entry per block: block time / iterations per block
+    median_s: float
+    iqr_s: float
+    number_per_run: int
+    threads: int
+
+    @property
+    def samples(self) -> int:
+        """Number of blocks measured."""
+        return len(self.times_s)
+
+
+def timed_callable(
+    fn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dout: torch.Tensor,
+    mode: str,
+) -> Callable[[], object]:
+    """The zero-argument callable whose duration is the mode's cost (setup done here)."""
+    if mode == "fwd":
+        def forward() -> object:
+            with torch.inference_mode():
+                return fn(q, k, v)
+        return forward
+    leaves = tuple(t.detach().requires_grad_() for t in (q, k, v))
+    if mode == "bwd":
+        out = fn(*leaves)  # built once, outside the timed region
+
+        def backward() -> object:
+            return torch.autograd.grad(out, leaves, dout, retain_graph=True)
+        return backward
+    if mode == "fwd+bwd":
+        def forward_backward() -> object:
+            return torch.autograd.grad(fn(*leaves), leaves, dout)
+        return forward_backward
+    raise ValueError(f"mode must be one of fwd, bwd, fwd+bwd; got {mode!r}")
+
+
+def time_callable(
+    run: Callable[[], object], *, min_run_time: float, threads: int, warmup: int = 2
+) -> Timing:
+    """blocked_autorange over ``run`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        run()
+    timer = tbench.Timer(stmt="run()", globals={"run": run}, num_threads=threads)
+    m = timer.blocked_autorange(min_run_time=min_run_time)
+    return Timing(tuple(m.times), m.median, m.iqr, m.number_per_run, threads)
