@@ -13,6 +13,9 @@ A variant is one module exposing:
   normalised linear-attention form.
 - ``unavailable_reason(device, dtype, *, causal, backward, cfg) -> str | None`` -- a sentence a
   person understands when the variant cannot run here (beyond ``SUPPORTS``), else None.
+- optional ``expected_peak_bytes(b, h, nq, nk, d, *, dtype, causal, backward, cfg) -> int``: the
+  variant's analytic memory model (``variants/memory_models.py`` has the family formulas);
+  without it, reports show no expectation beside the measured peak.
 - ``attention(q, k, v, *, causal, scale, cfg) -> Tensor`` with q (B, H, Nq, D) and k, v
   (B, H, Nk, D); output (B, H, Nq, D) in the input dtype. ``scale`` None means 1/sqrt(D).
   It may raise ``Unavailable`` for inputs it cannot handle; it never falls back silently.
@@ -72,6 +75,8 @@ class SparseSoftmax:
 
     keep: PatternFn
     description: str
+    #: kept(nq, nk, causal) -> number of kept (query, key) pairs, without a dense mask.
+    kept: Callable[[int, int, bool], int] | None = None
     kind: str = "sparse"
 
 
@@ -143,6 +148,16 @@ class Variant:
     ) -> torch.Tensor:
         """Run the variant: q (B, H, Nq, D), k/v (B, H, Nk, D) -> (B, H, Nq, D)."""
         return self.module.attention(q, k, v, causal=causal, scale=scale, cfg=cfg)
+
+    def expected_peak_bytes(
+        self, b: int, h: int, nq: int, nk: int, d: int, *,
+        dtype: torch.dtype, causal: bool, backward: bool, cfg: Any,
+    ) -> int | None:
+        """The variant's analytic peak-memory model, or None if it declares none."""
+        model = getattr(self.module, "expected_peak_bytes", None)
+        if model is None:
+            return None
+        return int(model(b, h, nq, nk, d, dtype=dtype, causal=causal, backward=backward, cfg=cfg))
 
     def unavailable_reason(
         self, device: str, dtype: torch.dtype, *, causal: bool, backward: bool, cfg: Any

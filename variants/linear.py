@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from variants import memory_models
 from variants.contract import DTYPES, LinearAttention, Supports
 
 NAME = "linear"
@@ -58,6 +59,15 @@ def unavailable_reason(
 ) -> str | None:
     """Always available where SUPPORTS says so."""
     return None
+
+
+def expected_peak_bytes(
+    b: int, h: int, nq: int, nk: int, d: int, *,
+    dtype: torch.dtype, causal: bool, backward: bool, cfg: Config,
+) -> int:
+    """Feature maps and (D, D) states; causal adds (C, C) blocks per chunk."""
+    m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=True)
+    return memory_models.linear_form(m, causal=causal, chunk=cfg.chunk, backward=backward)
 
 
 def _noncausal(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:

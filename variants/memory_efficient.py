@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
+from variants import memory_models
 from variants.contract import DTYPES, SoftmaxAttention, Supports, default_scale
 
 NAME = "memory_efficient"
@@ -70,6 +71,15 @@ def unavailable_reason(
 ) -> str | None:
     """Always available where SUPPORTS says so."""
     return None
+
+
+def expected_peak_bytes(
+    b: int, h: int, nq: int, nk: int, d: int, *,
+    dtype: torch.dtype, causal: bool, backward: bool, cfg: Config,
+) -> int:
+    """O(N) rows plus one score tile forward, two backward (variants/memory_models.py)."""
+    m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=True)
+    return memory_models.tiled(m, tile_q=cfg.block_q, tile_k=cfg.block_k, backward=backward)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from variants import memory_models
 from variants.contract import (
     DTYPES,
     SoftmaxAttention,
@@ -44,6 +45,15 @@ def unavailable_reason(
 ) -> str | None:
     """Always available where SUPPORTS says so."""
     return None
+
+
+def expected_peak_bytes(
+    b: int, h: int, nq: int, nk: int, d: int, *,
+    dtype: torch.dtype, causal: bool, backward: bool, cfg: Config,
+) -> int:
+    """Two (Nq, Nk) matrices forward, three with backward (variants/memory_models.py)."""
+    m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=False)
+    return memory_models.materialised(m, causal=causal, backward=backward)
 
 
 def causal_keep(nq: int, nk: int, device: torch.device | str) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from variants import memory_models
 from variants.contract import DTYPES, SoftmaxAttention, Supports, Unavailable
 
 NAME = "sdpa"
@@ -66,6 +67,19 @@ def unavailable_reason(
     if device == "mps" and cfg.backend not in ("auto", "math"):
         return f"SDPA backend {cfg.backend!r} has no MPS kernel"
     return None
+
+
+def expected_peak_bytes(
+    b: int, h: int, nq: int, nk: int, d: int, *,
+    dtype: torch.dtype, causal: bool, backward: bool, cfg: Config,
+) -> int:
+    """math: materialised scores; fused: O(N) rows plus CPU flash's per-thread fp32 tiles."""
+    m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=True)
+    if cfg.backend == "math":
+        return memory_models.materialised(m, causal=False, backward=backward)
+    per_thread = (min(256, nq) * min(512, nk) + min(256, nq) * d) * 4  # qk and out tiles
+    workspace = torch.get_num_threads() * per_thread
+    return memory_models.streaming(m, backward=backward, workspace=workspace)
 
 
 def attention(

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from variants import memory_models
 from variants.contract import DTYPES, SoftmaxAttention, Supports, Unavailable
 
 NAME = "xformers"
@@ -94,6 +95,15 @@ def unavailable_reason(
     except Unavailable as exc:
         return str(exc)
     return None
+
+
+def expected_peak_bytes(
+    b: int, h: int, nq: int, nk: int, d: int, *,
+    dtype: torch.dtype, causal: bool, backward: bool, cfg: Config,
+) -> int:
+    """Fused CUDA kernels keep tiles on chip: output, row statistics and gradients only."""
+    m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=False)
+    return memory_models.streaming(m, backward=backward)
 
 
 def attention(

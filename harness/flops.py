@@ -1,0 +1,81 @@
+"""FLOP models per semantics, and the device's measured roof (GEMM and copy bandwidth).
+
+Softmax attention: 4 * B * H * D * (kept query-key pairs) forward (Q K^T and P V, 2 FLOPs per
+multiply-add): Nq * Nk pairs, about half when causal. Sparse: the same over the pattern's kept
+pairs. Linear: 2 * B * H * (Nq + Nk) * D^2 forward (phi(K)^T V and phi(Q) (phi(K)^T V)).
+Backward is 2.5x forward for softmax forms (FlashAttention's convention) and 2x for linear.
+Softmax exponentials and the linear normaliser are not counted, as is usual.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+
+from harness.timing import time_callable
+from variants.contract import DTYPES, LinearAttention, Semantics, SoftmaxAttention, SparseSoftmax
+
+BACKWARD_FACTOR = {"softmax": 2.5, "sparse": 2.5, "linear": 2.0}
+
+
+def causal_pairs(nq: int, nk: int) -> int:
+    """Pairs (i, j) with j <= i, top-left aligned: sum over i of min(i + 1, Nk)."""
+    full = min(nq, nk)  # rows 0..full-1 see i + 1 keys
+    return full * (full + 1) // 2 + max(0, nq - nk) * nk
+
+
+def forward_flops(semantics: Semantics, b: int, h: int, nq: int, nk: int, d: int,
+                  causal: bool) -> int:
+    """FLOPs of one forward pass under the semantics' model."""
+    if isinstance(semantics, LinearAttention):
+        return 2 * b * h * (nq + nk) * d * d
+    if isinstance(semantics, SparseSoftmax):
+        if semantics.kept is None:
+            raise ValueError(f"sparse pattern {semantics.description!r} declares no kept() count")
+        return 4 * b * h * d * semantics.kept(nq, nk, causal)
+    if isinstance(semantics, SoftmaxAttention):
+        pairs = causal_pairs(nq, nk) if causal else nq * nk
+        return 4 * b * h * d * pairs
+    raise TypeError(f"unknown semantics {semantics!r}")
+
+
+def mode_flops(semantics: Semantics, mode: str, b: int, h: int, nq: int, nk: int, d: int,
+               causal: bool) -> int:
+    """FLOPs of the mode: fwd, bwd (factor x fwd) or fwd+bwd."""
+    fwd = forward_flops(semantics, b, h, nq, nk, d, causal)
+    bwd = round(BACKWARD_FACTOR[semantics.kind] * fwd)
+    return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[mode]
+
+
+@dataclass(frozen=True)
+class Roof:
+    """The device's measured ceilings for one dtype, in the same run as the cases."""
+
+    device: str
+    dtype: str
+    gemm_size: int
+    gemm_gflops: float
+    copy_gib_s: float
+
+
+@functools.cache
+def measure_roof(device: str, dtype: str, gemm_size: int = 2048, min_run_time: float = 1.0,
+                 threads: int | None = None) -> Roof:
+    """Time an (n, n) x (n, n) GEMM in the dtype and a 256 MiB copy, once per process.
+
+    A roof is a ceiling, and on a shared machine noise only ever slows a block down, so the
+    fastest block (not the median) gives the rate.
+    """
+    threads = threads or torch.get_num_threads()
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(gemm_size, gemm_size, generator=gen).to(device, DTYPES[dtype])
+            for _ in range(2))
+    gemm = time_callable(lambda: a @ b, min_run_time=min_run_time, threads=threads)
+    src = torch.empty(2**26, dtype=torch.float32, device=device)  # 256 MiB
+    dst = torch.empty_like(src)
+    copy = time_callable(lambda: dst.copy_(src), min_run_time=min_run_time, threads=threads)
+    moved = 2 * src.numel() * src.element_size()  # read + write
+    return Roof(device, dtype, gemm_size, 2 * gemm_size**3 / min(gemm.times_s) / 1e9,
+                moved / min(copy.times_s) / 2**30)

@@ -1,0 +1,179 @@
+"""``measure(case) -> Row``: time, memory, FLOPs against the measured roof, and agreement.
+
+Order per case: availability; the oracle at the case's shape (or a smaller one when the
+float64 reference would be too big, named in ``check_shape``); timing with inputs created
+beforehand; then peak memory in a separate pass (the profiler slows what it watches).
+Failures we mean to record become rows: ``unavailable`` (the variant's reason, or
+``Unavailable`` raised for these inputs), ``oom`` (CUDA or CPU allocator out of memory) and
+``error`` (any other exception from the variant, with the last traceback lines). A case whose
+oracle check disagrees is still timed and carries status ``mismatch``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from harness.cases import Case
+from harness.flops import measure_roof, mode_flops
+from harness.memory import MIB, peak_bytes
+from harness.oracle import Agreement, Shape, check_agreement, make_inputs
+from harness.rows import Row
+from harness.timing import time_callable, timed_callable
+from variants.contract import DTYPES, Unavailable
+
+CPU_OOM_MARKERS = ("DefaultCPUAllocator: can't allocate memory", "not enough memory")
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """How hard to measure: timing budget, threads, and what else to collect."""
+
+    min_run_time: float = 0.5
+    threads: int | None = None  # None: torch.get_num_threads()
+    check: bool = True
+    check_max_scores: int = 2**22  # B*H*Nq*Nk above which the oracle runs at a smaller shape
+    memory: bool = True
+    roof: bool = True
+    seed: int = 0
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for out-of-memory errors from the CUDA or the CPU allocator."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in CPU_OOM_MARKERS)
+
+
+def check_shape(case: Case, max_scores: int) -> Shape:
+    """The case's shape if its float64 reference is affordable, else a smaller one."""
+    shape = case.shape
+    if shape.b * shape.h * shape.nq * shape.nk <= max_scores:
+        return shape
+    h = min(shape.h, 2)
+    factor = min(1.0, math.sqrt(max_scores / (h * shape.nq * shape.nk)))
+    nq, nk = max(1, int(shape.nq * factor)), max(1, int(shape.nk * factor))
+    return Shape(1, h, nq, nk, shape.d)
+
+
+def base_row(case: Case) -> Row:
+    """A row carrying only the case's identity (status filled in by the caller)."""
+    return Row(
+        key=case.key(), variant=case.spec.name, label=case.spec.label,
+        config=case.config_dict(), device=case.device, dtype=case.dtype, mode=case.mode,
+        causal=case.causal, b=case.b, h=case.h, nq=case.nq, nk=case.nk, d=case.d, status="ok",
+    )
+
+
+def _agreement_fields(agreement: Agreement, shape: Shape) -> dict[str, Any]:
+    worst = agreement.worst()
+    return {
+        "check_ok": agreement.ok, "check_shape": shape.label(), "check_tensor": worst.tensor,
+        "check_max_abs": worst.max_abs, "check_max_rel": worst.max_rel,
+        "check_allowed": worst.allowed, "err_vs_softmax": agreement.err_vs_softmax,
+    }
+
+
+def _check(case: Case, s: MeasureSettings) -> dict[str, Any]:
+    """Run the oracle for the case (gradients too when the mode has a backward)."""
+    variant = case.spec.variant
+    shape = check_shape(case, s.check_max_scores)
+    agreement = check_agreement(
+        variant, case.spec.cfg, shape, device=case.device, dtype=DTYPES[case.dtype],
+        causal=case.causal, backward=case.backward and variant.supports.backward, seed=s.seed,
+    )
+    return _agreement_fields(agreement, shape)
+
+
+def _attention_fn(case: Case) -> Any:
+    variant, cfg, causal = case.spec.variant, case.spec.cfg, case.causal
+    return lambda q, k, v: variant.attention(q, k, v, causal=causal, scale=None, cfg=cfg)
+
+
+def _time(case: Case, s: MeasureSettings, threads: int) -> dict[str, Any]:
+    """Time the case's mode; inputs are made before the timed callable exists."""
+    q, k, v, dout = make_inputs(case.shape, dtype=DTYPES[case.dtype], device=case.device,
+                                seed=s.seed)
+    run = timed_callable(_attention_fn(case), q, k, v, dout, case.mode)
+    t = time_callable(run, min_run_time=s.min_run_time, threads=threads)
+    return {
+        "threads": threads, "times_ms": tuple(x * 1e3 for x in t.times_s),
+        "median_ms": t.median_s * 1e3, "iqr_ms": t.iqr_s * 1e3, "samples": t.samples,
+        "number_per_run": t.number_per_run,
+    }
+
+
+def _peaks(case: Case, s: MeasureSettings) -> dict[str, Any]:
+    """Peak MiB of the forward, and of forward+backward when the mode has a backward."""
+    q, k, v, dout = make_inputs(case.shape, dtype=DTYPES[case.dtype], device=case.device,
+                                seed=s.seed)
+    fn, result = _attention_fn(case), {}
+    phases = [("fwd", "peak_fwd_mib")] + ([("fwd+bwd", "peak_fwd_bwd_mib")] * case.backward)
+    for mode, name in phases:
+        run = timed_callable(fn, q, k, v, dout, mode)
+        run()  # warm-up outside the window
+        result[name] = peak_bytes(run, case.device) / MIB
+    return result
+
+
+def _model(case: Case, row: Row) -> dict[str, Any]:
+    """FLOPs, throughput, and the variant's memory expectation (no variant code runs)."""
+    variant, cfg = case.spec.variant, case.spec.cfg
+    flops = mode_flops(variant.computes(cfg), case.mode, case.b, case.h, case.nq, case.nk,
+                       case.d, case.causal)
+    dims = (case.b, case.h, case.nq, case.nk, case.d)
+    kw = {"dtype": DTYPES[case.dtype], "causal": case.causal, "cfg": cfg}
+    fwd = variant.expected_peak_bytes(*dims, backward=False, **kw)
+    both = variant.expected_peak_bytes(*dims, backward=True, **kw) if case.backward else None
+    return {
+        "flops": flops,
+        "gflops": flops / (row.median_ms * 1e-3) / 1e9 if row.median_ms else None,
+        "expected_fwd_mib": None if fwd is None else fwd / MIB,
+        "expected_fwd_bwd_mib": None if both is None else both / MIB,
+    }
+
+
+def _roof(case: Case, row: Row, threads: int) -> dict[str, Any]:
+    roof = measure_roof(case.device, case.dtype, threads=threads)
+    eff = row.gflops / roof.gemm_gflops if row.gflops else None
+    return {"roof_gflops": roof.gemm_gflops, "efficiency": eff, "copy_gib_s": roof.copy_gib_s}
+
+
+def _failure(row: Row, exc: BaseException) -> Row:
+    """Turn a recorded failure into the row's status and reason."""
+    if isinstance(exc, Unavailable):
+        return replace(row, status="unavailable", reason=str(exc))
+    if is_oom(exc):
+        return replace(row, status="oom", reason=str(exc).strip().splitlines()[0][:300])
+    tail = "".join(traceback.format_exception(exc)[-3:]).strip()
+    return replace(row, status="error", reason=f"{type(exc).__name__}: {exc}\n{tail}")
+
+
+def measure(case: Case, settings: MeasureSettings | None = None) -> Row:
+    """Measure one case into one row; recorded failures never propagate."""
+    s, start = settings or MeasureSettings(), time.perf_counter()
+    threads = s.threads or torch.get_num_threads()
+    row = base_row(case)
+    variant = case.spec.variant
+    reason = variant.unavailable_reason(case.device, DTYPES[case.dtype], causal=case.causal,
+                                        backward=case.backward, cfg=case.spec.cfg)
+    if reason:
+        return replace(row, status="unavailable", reason=reason)
+    try:
+        if s.check:
+            row = replace(row, **_check(case, s))
+        row = replace(row, **_time(case, s, threads))
+        if s.memory:
+            row = replace(row, **_peaks(case, s))
+    except Exception as exc:  # a failing variant is recorded, with its traceback tail
+        return replace(_failure(row, exc), wall_s=time.perf_counter() - start)
+    row = replace(row, **_model(case, row))
+    if s.roof:
+        row = replace(row, **_roof(case, row, threads))
+    status = "mismatch" if row.check_ok is False else "ok"
+    return replace(row, status=status, wall_s=time.perf_counter() - start)

@@ -1,0 +1,80 @@
+"""Result rows: one typed, frozen record per case; everything a user reads derives from them.
+
+Units are in the field names: ``_ms`` milliseconds, ``_mib`` MiB (2^20 bytes), ``gflops``
+10^9 FLOP/s. ``SCHEMA_VERSION`` changes whenever a field changes meaning or is removed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "mismatch", "unavailable", "oom", "timeout", "crashed", "error", "skipped")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measured case: identity, status, time, throughput, memory and agreement."""
+
+    key: str
+    variant: str
+    label: str
+    config: dict[str, Any]
+    device: str
+    dtype: str
+    mode: str
+    causal: bool
+    b: int
+    h: int
+    nq: int
+    nk: int
+    d: int
+    status: str
+    reason: str = ""
+    schema: int = SCHEMA_VERSION
+    # time
+    threads: int | None = None
+    times_ms: tuple[float, ...] = ()  # per-iteration time of each measured block
+    median_ms: float | None = None
+    iqr_ms: float | None = None
+    samples: int = 0
+    number_per_run: int = 0
+    # throughput
+    flops: int | None = None
+    gflops: float | None = None
+    roof_gflops: float | None = None
+    efficiency: float | None = None  # gflops / roof_gflops, same run, same device and dtype
+    copy_gib_s: float | None = None
+    # memory (peak above entry, inputs excluded)
+    peak_fwd_mib: float | None = None
+    peak_fwd_bwd_mib: float | None = None
+    expected_fwd_mib: float | None = None
+    expected_fwd_bwd_mib: float | None = None
+    # agreement with the float64 oracle
+    check_ok: bool | None = None
+    check_shape: str = ""  # the shape checked (the case's own, or a smaller one)
+    check_tensor: str = ""  # the worst tensor (out, dq, dk, dv)
+    check_max_abs: float | None = None
+    check_max_rel: float | None = None
+    check_allowed: float | None = None
+    err_vs_softmax: float | None = None
+    # bookkeeping
+    wall_s: float | None = None  # measure()'s own wall time for this case
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data."""
+        data = dataclasses.asdict(self)
+        data["times_ms"] = list(self.times_ms)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Row:
+        """Rebuild a row; refuses other schema versions."""
+        if data.get("schema") != SCHEMA_VERSION:
+            raise ValueError(
+                f"row schema {data.get('schema')!r} is not supported (expected {SCHEMA_VERSION})"
+            )
+        return cls(**{**data, "times_ms": tuple(data.get("times_ms", ()))})

@@ -1,0 +1,92 @@
+"""Analytic peak-memory models shared by variant families (bytes above the inputs).
+
+Each variant's ``expected_peak_bytes`` composes these. They count the large tensors an
+algorithm must hold at its peak (score matrices or tiles, outputs, gradients, saved
+statistics), not allocator rounding or small temporaries, so measured peaks sit at or a little
+above them. ``e`` is the input element size, ``c`` the size of the compute dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Dims:
+    """Problem size and element sizes for a memory model."""
+
+    b: int
+    h: int
+    nq: int
+    nk: int
+    d: int
+    e: int  # bytes per input element
+    c: int  # bytes per element of the compute dtype
+
+    @property
+    def scores(self) -> int:
+        """Elements of one (B, H, Nq, Nk) score matrix."""
+        return self.b * self.h * self.nq * self.nk
+
+    @property
+    def q_rows(self) -> int:
+        """Elements of one (B, H, Nq, D) tensor."""
+        return self.b * self.h * self.nq * self.d
+
+    @property
+    def k_rows(self) -> int:
+        """Elements of one (B, H, Nk, D) tensor."""
+        return self.b * self.h * self.nk * self.d
+
+
+def dims(
+    b: int, h: int, nq: int, nk: int, d: int, dtype: torch.dtype, upcast_low_precision: bool
+) -> Dims:
+    """Dims for a dtype; compute dtype is float32 for bf16/fp16 if the variant upcasts."""
+    e = torch.empty((), dtype=dtype).element_size()
+    c = 4 if upcast_low_precision and e < 4 else e
+    return Dims(b, h, nq, nk, d, e, c)
+
+
+def materialised(m: Dims, *, causal: bool, backward: bool) -> int:
+    """Full score matrix: forward holds 2 (scores, exp); fwd+bwd 3, plus rows of gradients."""
+    mask = m.nq * m.nk if causal else 0  # the bool keep-mask
+    if not backward:
+        return 2 * m.scores * m.e + mask
+    return 3 * m.scores * m.e + (m.q_rows + m.k_rows) * m.e + mask
+
+
+def tiled(m: Dims, *, tile_q: int, tile_k: int, backward: bool) -> int:
+    """Online softmax over (tile_q, tile_k) tiles: O(N) rows plus one or two score tiles."""
+    tq, tk = min(tile_q, m.nq), min(tile_k, m.nk)
+    tile = m.b * m.h * tq * tk * m.c
+    lse = m.b * m.h * m.nq * m.c
+    fwd = m.q_rows * (m.e + m.c) + lse + tile + m.b * m.h * tq * m.d * m.c
+    if not backward:
+        return fwd
+    # out and lse saved; backward holds scaled q, dq, a delta temporary, dk, dv, two tiles.
+    return m.q_rows * (m.e + 3 * m.c) + 2 * m.k_rows * m.e + lse + 2 * tile
+
+
+def streaming(m: Dims, *, backward: bool, workspace: int = 0) -> int:
+    """Fused kernels: output and row statistics, plus dq, dk, dv and a grad-sized buffer."""
+    fwd = m.q_rows * m.e + m.b * m.h * m.nq * 4 + workspace
+    return fwd + (2 * m.q_rows + 2 * m.k_rows) * m.e if backward else fwd
+
+
+def linear_form(m: Dims, *, causal: bool, chunk: int, backward: bool) -> int:
+    """Linear attention: feature maps, (D, D) states, and (C, C) blocks per chunk if causal."""
+    rows = m.q_rows + m.k_rows + (m.k_rows if m.c > m.e else 0)  # phi(q), phi(k), upcast v
+    states = m.b * m.h * m.d * m.d
+    if causal:
+        c = min(chunk, max(m.nq, m.nk))
+        length = -(-max(m.nq, m.nk) // c) * c
+        padded = m.b * m.h * length * m.d
+        blocks = m.b * m.h * length * c
+        fwd = (rows + 3 * padded) * m.c + 2 * blocks * m.c + 2 * (length // c) * states * m.c
+    else:
+        fwd = rows * m.c + states * m.c + m.q_rows * m.c  # + the numerator phi(q) (kv)
+    fwd += m.q_rows * m.e  # the output
+    return fwd + (m.q_rows + 2 * m.k_rows) * m.e if backward else fwd
