@@ -15,7 +15,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from harness.config import ConfigError, check_settings, register_schemas
+from harness.config import ConfigError, check_settings, grid_settings, register_schemas
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 USAGE_ERROR = 2
@@ -37,8 +37,24 @@ def cmd_check(overrides: list[str]) -> int:
     return report(run_matrix(settings))
 
 
+def cmd_measure(overrides: list[str]) -> int:
+    """Measure a small grid of cases in this process and print the rows."""
+    from harness.grid import cases, print_table
+    from harness.measure import measure
+
+    settings = grid_settings(_compose("measure", overrides))
+    rows = []
+    for case in cases(settings):
+        rows.append(measure(case, settings.measure))
+        print(f"{case.spec.label} {case.dtype} {case.mode} causal={case.causal} B={case.b} "
+              f"N={case.nq}: {rows[-1].status}", file=sys.stderr, flush=True)
+    print_table(rows)
+    return 0
+
+
 COMMANDS = {
     "check": (cmd_check, "numerical agreement of every variant with the float64 oracle"),
+    "measure": (cmd_measure, "measure a grid of cases in this process and print the rows"),
 }
 
 

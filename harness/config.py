@@ -16,6 +16,8 @@ from typing import Any, get_type_hints
 import torch
 
 import variants as registry
+from harness.cases import MODES
+from harness.measure import MeasureSettings
 from harness.specs import SpecError, VariantSpec, dedupe, default_specs, parse_spec, spec_name
 from variants.contract import DEVICES, DTYPES, ContractError
 
@@ -37,6 +39,43 @@ class CheckConf:
     causal: list[bool] = field(default_factory=lambda: [False, True])
     backward: bool = True
     seed: int = 0
+
+
+@dataclass
+class MeasureConf:
+    """Hydra schema of ``python -m harness measure`` (conf/measure.yaml)."""
+
+    variants: list[str] = field(default_factory=list)
+    extra_variants: list[str] = field(default_factory=list)
+    device: str = "cpu"
+    dtypes: list[str] = field(default_factory=lambda: ["fp32"])
+    modes: list[str] = field(default_factory=lambda: ["fwd"])
+    causal: list[bool] = field(default_factory=lambda: [False])
+    batch_sizes: list[int] = field(default_factory=lambda: [1])
+    heads: int = 8
+    head_dim: int = 64
+    seq_lens: list[int] = field(default_factory=lambda: [1024])
+    min_run_time: float = 0.5
+    threads: int = 0
+    check: bool = True
+    memory: bool = True
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class GridSettings:
+    """Validated grid of cases plus how to measure them."""
+
+    specs: tuple[VariantSpec, ...]
+    device: str
+    dtypes: tuple[str, ...]
+    modes: tuple[str, ...]
+    causal: tuple[bool, ...]
+    batch_sizes: tuple[int, ...]
+    heads: int
+    head_dim: int
+    seq_lens: tuple[int, ...]
+    measure: MeasureSettings
 
 
 @dataclass(frozen=True)
@@ -80,6 +119,7 @@ def register_schemas() -> None:
 
     cs = ConfigStore.instance()
     cs.store(name="check_schema", node=CheckConf)
+    cs.store(name="measure_schema", node=MeasureConf)
     for name in registry.REGISTRY:
         schema = schema_of(registry.get(name).config_cls)
         cs.store(group="variant", name=f"{name}_schema", node=schema)
@@ -126,6 +166,47 @@ def variant_specs(names: Sequence[str], extra_modules: Sequence[str]) -> tuple[V
         return tuple(dedupe(parse_spec(text, loaded) for text in names))
     except (SpecError, ContractError) as exc:
         raise ConfigError(str(exc)) from exc
+
+
+def positive_ints(name: str, values: Sequence[int]) -> tuple[int, ...]:
+    """Validate a non-empty list of positive ints."""
+    if not values:
+        raise ConfigError(f"{name}: empty list; give at least one positive int")
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name}: {value!r} is not allowed; values must be positive ints")
+    return tuple(values)
+
+
+def choices(name: str, values: Sequence[Any], allowed: Sequence[Any]) -> tuple[Any, ...]:
+    """Validate a non-empty list against allowed values."""
+    if not values:
+        raise ConfigError(f"{name}: empty list; allowed: {list(allowed)}")
+    for value in values:
+        if value not in allowed:
+            raise ConfigError(f"{name}: unknown value {value!r}; allowed: {list(allowed)}")
+    return tuple(dict.fromkeys(values))
+
+
+def grid_settings(conf: MeasureConf) -> GridSettings:
+    """Validate a composed MeasureConf into frozen settings, before any work is done."""
+    if conf.min_run_time <= 0:
+        raise ConfigError(f"min_run_time: must be > 0 seconds, got {conf.min_run_time!r}")
+    if conf.threads < 0:
+        raise ConfigError(f"threads: must be >= 0 (0 = torch's default), got {conf.threads!r}")
+    return GridSettings(
+        specs=variant_specs(conf.variants, conf.extra_variants),
+        device=resolve_device(conf.device),
+        dtypes=check_dtypes(conf.dtypes, allowed=("fp32", "bf16", "fp16", "fp64")),
+        modes=choices("modes", conf.modes, MODES),
+        causal=choices("causal", conf.causal, (False, True)),
+        batch_sizes=positive_ints("batch_sizes", conf.batch_sizes),
+        heads=positive_ints("heads", [conf.heads])[0],
+        head_dim=positive_ints("head_dim", [conf.head_dim])[0],
+        seq_lens=positive_ints("seq_lens", conf.seq_lens),
+        measure=MeasureSettings(min_run_time=conf.min_run_time, threads=conf.threads or None,
+                                check=conf.check, memory=conf.memory, seed=conf.seed),
+    )
 
 
 def check_settings(conf: CheckConf) -> CheckSettings:

@@ -1,0 +1,49 @@
+"""Expand validated grid settings into cases, and print rows as a table."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TextIO
+
+import pandas as pd
+
+from harness.cases import Case
+from harness.config import GridSettings
+from harness.rows import Row
+
+TABLE_COLUMNS = {
+    "label": "variant", "dtype": "dtype", "mode": "mode", "causal": "causal", "b": "B",
+    "nq": "N", "status": "status", "median_ms": "median ms", "iqr_ms": "IQR ms",
+    "gflops": "GFLOP/s", "efficiency": "eff", "peak_fwd_mib": "fwd MiB",
+    "expected_fwd_mib": "fwd MiB exp", "peak_fwd_bwd_mib": "f+b MiB",
+    "expected_fwd_bwd_mib": "f+b MiB exp", "check_max_abs": "max err",
+}
+
+
+def cases(s: GridSettings) -> Iterator[Case]:
+    """Every combination of the grid's axes, variants outermost."""
+    axes = itertools.product(s.specs, s.dtypes, s.modes, s.causal, s.batch_sizes, s.seq_lens)
+    for spec, dtype, mode, causal, b, n in axes:
+        yield Case(spec, s.device, dtype, mode, causal, b, s.heads, n, n, s.head_dim)
+
+
+def table(rows: Iterable[Row]) -> pd.DataFrame:
+    """Rows as a compact table (units in the headers)."""
+    df = pd.DataFrame([r.to_dict() for r in rows])
+    if df.empty:
+        return df
+    df = df[list(TABLE_COLUMNS)].rename(columns=TABLE_COLUMNS)
+    df["eff"] = (df["eff"] * 100).round(1).astype("string") + "%"
+    return df
+
+
+def print_table(rows: list[Row], out: TextIO = sys.stdout) -> None:
+    """Print the table with 3 significant figures, then the reason for each non-ok status."""
+    with pd.option_context("display.width", 250, "display.max_rows", None,
+                           "display.max_columns", None):
+        print(table(rows).to_string(index=False, float_format=lambda x: f"{x:.3g}"), file=out)
+    reasons = {(r.label, r.status, r.reason) for r in rows if r.status not in ("ok",)}
+    for label, status, reason in sorted(reasons):
+        print(f"  {label} {status}: {reason or 'the oracle disagreed (see max err)'}", file=out)
