@@ -2,7 +2,9 @@
 
     out_i = phi(q_i) . sum_j phi(k_j) v_j^T / (phi(q_i) . sum_j phi(k_j) + eps)
 
-Non-causal sums run over all keys in O(N D^2). Causal (top-left: query i sums keys j <= i,
+Non-causal sums run over all keys in O(N D^2), in row blocks so that no (B, H, N, D)
+intermediate is allocated besides the output (large fresh allocations cost page faults that
+grew t(16384) / t(4096) to 11 here). Causal (top-left: query i sums keys j <= i,
 the current token included) uses chunked prefix sums: within a chunk a small masked
 (C, C) product, across chunks an exclusive cumulative sum of per-chunk (D, D) states, so no
 (N, D, D) tensor is ever built. ``eps`` (Config) keeps the denominator away from zero.
@@ -21,6 +23,9 @@ from variants import memory_models
 from variants.contract import DTYPES, LinearAttention, Supports
 
 NAME = "linear"
+#: Non-causal row blocks hold about this many values per temporary (2 MiB in fp32), so big
+#: (B, H, N, D) intermediates are never allocated: only the output is, once.
+ROW_BLOCK_ELEMENTS = 1 << 19
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,7 @@ SUPPORTS = Supports(
 
 def feature_map(x: torch.Tensor) -> torch.Tensor:
     """phi(x) = elu(x) + 1, a positive feature map."""
-    return F.elu(x) + 1.0
+    return F.elu(x).add_(1.0)  # in place: elu's backward does not need its output
 
 
 def computes(cfg: Config) -> LinearAttention:
@@ -70,12 +75,29 @@ def expected_peak_bytes(
     return memory_models.linear_form(m, causal=causal, chunk=cfg.chunk, backward=backward)
 
 
-def _noncausal(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
-    """Sum over all keys: (B, H, Nq, D) features -> (B, H, Nq, Dv)."""
-    kv = fk.transpose(-2, -1) @ v  # (B, H, D, Dv)
-    z = fk.sum(dim=-2)  # (B, H, D)
-    den = fq @ z.unsqueeze(-1)  # (B, H, Nq, 1)
-    return (fq @ kv) / (den + eps)  # (B, H, Nq, Dv)
+def _row_block(x: torch.Tensor) -> int:
+    """Rows per block so a (B, H, rows, D) temporary holds about ROW_BLOCK_ELEMENTS values."""
+    b, h, _, d = x.shape
+    return max(1, ROW_BLOCK_ELEMENTS // (b * h * d))
+
+
+def _noncausal(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float, work: torch.dtype
+) -> torch.Tensor:
+    """Sum over all keys, in row blocks: (B, H, Nq, D) -> (B, H, Nq, Dv) in q's dtype."""
+    rows = _row_block(k)
+    kv = z = None
+    for s in range(0, k.shape[-2], rows):
+        fk = feature_map(k[..., s : s + rows, :].to(work))  # (B, H, r, D)
+        kv_part = fk.transpose(-2, -1) @ v[..., s : s + rows, :].to(work)  # (B, H, D, Dv)
+        z_part = fk.sum(dim=-2)  # (B, H, D)
+        kv, z = (kv_part, z_part) if kv is None else (kv + kv_part, z + z_part)
+    outs = []
+    for s in range(0, q.shape[-2], rows):
+        fq = feature_map(q[..., s : s + rows, :].to(work))  # (B, H, r, D)
+        den = (fq @ z.unsqueeze(-1)).add_(eps)  # (B, H, r, 1)
+        outs.append((fq @ kv).div_(den).to(q.dtype))  # (B, H, r, Dv)
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)  # (B, H, Nq, Dv)
 
 
 def _chunks(x: torch.Tensor, length: int, chunk: int) -> torch.Tensor:
@@ -110,7 +132,7 @@ def attention(
 ) -> torch.Tensor:
     """Normalised linear attention: q (B, H, Nq, D), k/v (B, H, Nk, D) -> (B, H, Nq, D)."""
     work = torch.float32 if q.dtype in (torch.bfloat16, torch.float16) else q.dtype
+    if not causal:
+        return _noncausal(q, k, v, cfg.eps, work)  # (B, H, Nq, D)
     fq, fk = feature_map(q.to(work)), feature_map(k.to(work))  # (B, H, N, D)
-    vw = v.to(work)
-    out = _causal(fq, fk, vw, cfg.eps, cfg.chunk) if causal else _noncausal(fq, fk, vw, cfg.eps)
-    return out.to(q.dtype)  # (B, H, Nq, D)
+    return _causal(fq, fk, v.to(work), cfg.eps, cfg.chunk).to(q.dtype)  # (B, H, Nq, D)

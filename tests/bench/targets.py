@@ -33,6 +33,13 @@ TARGETS = (
 )
 
 
+def allocator_env(path: Path) -> dict[str, str]:
+    """The MALLOC_* settings the benchmarks ran under (empty: glibc defaults)."""
+    data = json.loads(path.read_text())
+    envs = [b.get("extra_info", {}).get("allocator_env", {}) for b in data["benchmarks"]]
+    return envs[0] if envs else {}
+
+
 def medians(path: Path) -> dict[str, float]:
     """Median seconds per benchmark case id, from pytest-benchmark JSON."""
     data = json.loads(path.read_text())
@@ -55,6 +62,7 @@ def evaluate(meds: dict[str, float]) -> list[tuple[Target, float, bool]]:
 def main(argv: list[str]) -> int:
     """Print medians (ms) and target ratios; exit 1 when a target is missed."""
     meds = medians(Path(argv[0]))
+    print(f"allocator environment: {allocator_env(Path(argv[0])) or 'glibc defaults'}")
     for case, sec in sorted(meds.items()):
         print(f"{case:>24}: median {sec * 1e3:9.2f} ms")
     rows = evaluate(meds)

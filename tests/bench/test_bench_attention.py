@@ -7,6 +7,8 @@ The default test run executes each once as a smoke test (``--benchmark-disable``
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -36,7 +38,9 @@ def test_forward(benchmark, name: str, preset: str, n: int) -> None:
     cfg = variant.presets[preset] if preset else variant.config_cls()
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(B, H, n, D, generator=gen) for _ in range(3))
-    benchmark.extra_info.update(variant=name, preset=preset, n=n, threads=torch.get_num_threads())
+    allocator = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
+    benchmark.extra_info.update(variant=name, preset=preset, n=n, threads=torch.get_num_threads(),
+                                allocator_env=allocator)
 
     def forward() -> torch.Tensor:
         with torch.inference_mode():
