@@ -10,7 +10,10 @@ free old gradients before the window opens (frees of earlier tensors lower the s
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -18,11 +21,31 @@ from torch.profiler import ProfilerActivity, profile
 MIB = 2**20
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 (kineto prints a line to it at every profiler start/stop)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def _cpu_peak(run: Callable[[], object]) -> int:
     """Peak bytes from the profiler's raw allocation events."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_native_stderr():
+        prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        prof.start()
+    try:
         result = run()
         del result
+    finally:
+        with _quiet_native_stderr():
+            prof.stop()
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
     events.sort(key=lambda e: e.start_ns())
     current = peak = 0

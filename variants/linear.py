@@ -72,7 +72,8 @@ def expected_peak_bytes(
 ) -> int:
     """Feature maps and (D, D) states; causal adds (C, C) blocks per chunk."""
     m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=True)
-    return memory_models.linear_form(m, causal=causal, chunk=cfg.chunk, backward=backward)
+    return memory_models.linear_form(m, causal=causal, chunk=cfg.chunk, backward=backward,
+                                     block=ROW_BLOCK_ELEMENTS)
 
 
 def _row_block(x: torch.Tensor) -> int:

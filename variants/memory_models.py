@@ -76,8 +76,9 @@ def streaming(m: Dims, *, backward: bool, workspace: int = 0) -> int:
     return fwd + (2 * m.q_rows + 2 * m.k_rows) * m.e if backward else fwd
 
 
-def linear_form(m: Dims, *, causal: bool, chunk: int, backward: bool) -> int:
-    """Linear attention: feature maps, (D, D) states, and (C, C) blocks per chunk if causal."""
+def linear_form(m: Dims, *, causal: bool, chunk: int, backward: bool, block: int) -> int:
+    """Linear attention: feature maps, (D, D) states, and (C, C) blocks per chunk if causal;
+    non-causal works in row blocks of ``block`` values: only the output is N-sized."""
     rows = m.q_rows + m.k_rows + (m.k_rows if m.c > m.e else 0)  # phi(q), phi(k), upcast v
     states = m.b * m.h * m.d * m.d
     if causal:
@@ -86,7 +87,9 @@ def linear_form(m: Dims, *, causal: bool, chunk: int, backward: bool) -> int:
         padded = m.b * m.h * length * m.d
         blocks = m.b * m.h * length * c
         fwd = (rows + 3 * padded) * m.c + 2 * blocks * m.c + 2 * (length // c) * states * m.c
-    else:
-        fwd = rows * m.c + states * m.c + m.q_rows * m.c  # + the numerator phi(q) (kv)
+    else:  # block outputs held until joined, plus a few block temporaries
+        fwd = m.q_rows * m.c + 4 * min(block, m.q_rows) * m.c
+        if backward:  # autograd keeps every block's features
+            fwd += rows * m.c
     fwd += m.q_rows * m.e  # the output
     return fwd + (m.q_rows + 2 * m.k_rows) * m.e if backward else fwd
