@@ -52,12 +52,16 @@ PatternFn = Callable[[int, int, bool, torch.device], torch.Tensor]
 FeatureMap = Callable[[torch.Tensor], torch.Tensor]
 
 
+ALL_DEVICES: frozenset[str] = frozenset(DEVICES)
+ALL_DTYPES: frozenset[torch.dtype] = frozenset(DTYPES.values())
+
+
 @dataclass(frozen=True)
 class Supports:
     """What a variant can run: devices, dtypes, causal masking and backward."""
 
-    devices: frozenset[str]
-    dtypes: frozenset[torch.dtype]
+    devices: frozenset[str] = ALL_DEVICES
+    dtypes: frozenset[torch.dtype] = ALL_DTYPES
     causal: bool = True
     backward: bool = True
 

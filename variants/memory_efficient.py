@@ -26,7 +26,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from variants import memory_models
-from variants.contract import DTYPES, SoftmaxAttention, Supports, default_scale
+from variants.contract import SoftmaxAttention, Supports, default_scale
 
 NAME = "memory_efficient"
 
@@ -55,10 +55,7 @@ class Config:
 
 
 PRESETS: dict[str, Config] = {"small_tiles": Config(block_q=128, block_k=128)}
-SUPPORTS = Supports(
-    devices=frozenset({"cpu", "cuda", "mps"}),
-    dtypes=frozenset({DTYPES["fp32"], DTYPES["bf16"], DTYPES["fp16"], DTYPES["fp64"]}),
-)
+SUPPORTS = Supports()  # every device and dtype, causal and backward
 
 
 def computes(cfg: Config) -> SoftmaxAttention:

@@ -14,7 +14,6 @@ import torch
 
 from variants import memory_models
 from variants.contract import (
-    DTYPES,
     SoftmaxAttention,
     Supports,
     default_scale,
@@ -29,10 +28,7 @@ class Config:
 
 
 PRESETS: dict[str, Config] = {}
-SUPPORTS = Supports(
-    devices=frozenset({"cpu", "cuda", "mps"}),
-    dtypes=frozenset({DTYPES["fp32"], DTYPES["bf16"], DTYPES["fp16"], DTYPES["fp64"]}),
-)
+SUPPORTS = Supports()  # every device and dtype, causal and backward
 
 
 def computes(cfg: Config) -> SoftmaxAttention:

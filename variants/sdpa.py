@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from variants import memory_models
-from variants.contract import DTYPES, SoftmaxAttention, Supports, Unavailable
+from variants.contract import SoftmaxAttention, Supports, Unavailable
 
 NAME = "sdpa"
 
@@ -44,10 +44,7 @@ class Config:
 
 
 PRESETS: dict[str, Config] = {name: Config(backend=name) for name in BACKENDS if name != "auto"}
-SUPPORTS = Supports(
-    devices=frozenset({"cpu", "cuda", "mps"}),
-    dtypes=frozenset({DTYPES["fp32"], DTYPES["bf16"], DTYPES["fp16"], DTYPES["fp64"]}),
-)
+SUPPORTS = Supports()  # every device and dtype, causal and backward
 
 
 def computes(cfg: Config) -> SoftmaxAttention:

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from variants import memory_models
-from variants.contract import DTYPES, SparseSoftmax, Supports, default_scale
+from variants.contract import SparseSoftmax, Supports, default_scale
 
 NAME = "sparse"
 PATTERNS = ("window", "bigbird")
@@ -79,10 +79,7 @@ class Config:
 
 
 PRESETS: dict[str, Config] = {name: Config(pattern=name) for name in PATTERNS}
-SUPPORTS = Supports(
-    devices=frozenset({"cpu", "cuda", "mps"}),
-    dtypes=frozenset({DTYPES["fp32"], DTYPES["bf16"], DTYPES["fp16"], DTYPES["fp64"]}),
-)
+SUPPORTS = Supports()  # every device and dtype, causal and backward
 
 
 # ---------------------------------------------------------------- patterns (dense, for the oracle)
