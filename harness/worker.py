@@ -1,0 +1,127 @@
+"""Supervised measurement: cases run in a long-lived worker process, one at a time.
+
+The worker (spawned, so CUDA state never leaks from the driver) loads variants by module path,
+measures each case it receives and sends the row back. The supervisor waits at most
+``timeout_s`` per case: a worker that dies (segfault, killed by the OS for memory) yields a
+``crashed`` row naming the signal or exit code, one that hangs is killed and yields a
+``timeout`` row; either way a fresh worker takes the next case. A worker is reused between
+cases, not spawned per case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import multiprocessing as mp
+import signal
+from dataclasses import dataclass, replace
+from multiprocessing.connection import Connection
+from typing import Any
+
+from harness.cases import Case
+from harness.measure import MeasureSettings, base_row, measure
+from harness.rows import Row
+from harness.specs import VariantSpec
+from variants.contract import load_module
+
+
+@dataclass(frozen=True)
+class Request:
+    """A picklable case: the variant by module path and its config as plain data."""
+
+    module: str
+    label: str
+    config: dict[str, Any]
+    fields: dict[str, Any]  # device, dtype, mode, causal, b, h, nq, nk, d
+    settings: MeasureSettings
+
+
+def to_request(case: Case, settings: MeasureSettings) -> Request:
+    """Describe a case so that another process can rebuild it."""
+    fields = {f.name: getattr(case, f.name) for f in dataclasses.fields(case) if f.name != "spec"}
+    return Request(case.spec.variant.module.__name__, case.spec.label, case.config_dict(),
+                   fields, settings)
+
+
+def from_request(request: Request) -> Case:
+    """Rebuild the case in the worker (imports the variant module)."""
+    variant = load_module(request.module)
+    spec = VariantSpec(request.label, variant, variant.config_cls(**request.config))
+    return Case(spec, **request.fields)
+
+
+def _serve(conn: Connection) -> None:
+    """Worker loop: receive requests, send row dicts back, stop on None."""
+    while True:
+        request = conn.recv()
+        if request is None:
+            return
+        row = measure(from_request(request), request.settings)
+        conn.send(row.to_dict())
+
+
+def _death(exitcode: int | None) -> str:
+    """A person-readable cause of a worker's death."""
+    if exitcode is None:
+        return "the worker closed its pipe without exiting"
+    if exitcode < 0:
+        name = signal.Signals(-exitcode).name
+        hint = " (often the OS's out-of-memory killer)" if name == "SIGKILL" else ""
+        return f"the worker was killed by {name}{hint}"
+    return f"the worker exited with code {exitcode}"
+
+
+class Supervisor:
+    """Runs cases in a reusable worker process with a per-case timeout."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._ctx = mp.get_context("spawn")
+        self._proc: Any = None
+        self._conn: Connection | None = None
+        self.started = 0  # workers started so far (for tests and the manifest)
+
+    def _ensure_worker(self) -> Connection:
+        if self._proc is None or not self._proc.is_alive():
+            parent, child = self._ctx.Pipe()
+            self._proc = self._ctx.Process(target=_serve, args=(child,), daemon=True)
+            self._proc.start()
+            child.close()
+            self._conn, self.started = parent, self.started + 1
+        return self._conn
+
+    def _discard_worker(self, kill: bool) -> int | None:
+        """Stop (or kill) the current worker and return its exit code."""
+        proc, self._proc = self._proc, None
+        if kill and proc.is_alive():
+            proc.kill()
+        proc.join(timeout=10)
+        self._conn.close()
+        return proc.exitcode
+
+    def run(self, case: Case, settings: MeasureSettings) -> Row:
+        """Measure one case in the worker; crashes and hangs become rows."""
+        conn = self._ensure_worker()
+        conn.send(to_request(case, settings))
+        if not conn.poll(self.timeout_s):
+            self._discard_worker(kill=True)
+            return replace(base_row(case), status="timeout",
+                           reason=f"no result within the per-case timeout of {self.timeout_s:g} s")
+        try:
+            return Row.from_dict(conn.recv())
+        except (EOFError, ConnectionResetError):
+            code = self._discard_worker(kill=False)
+            return replace(base_row(case), status="crashed", reason=_death(code))
+
+    def close(self) -> None:
+        """Ask the worker to stop, then reap it."""
+        if self._proc is not None:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                self._conn.send(None)
+            self._discard_worker(kill=False)
+
+    def __enter__(self) -> Supervisor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
