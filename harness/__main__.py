@@ -12,13 +12,24 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from harness.config import ConfigError, check_settings, grid_settings, register_schemas
+from harness.config import (
+    ConfigError,
+    check_settings,
+    grid_settings,
+    register_schemas,
+    sweep_settings,
+)
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 USAGE_ERROR = 2
+
+
+OmegaConf.register_new_resolver(
+    "attnbench_run_dir", lambda resume, default: resume or default, replace=True
+)
 
 
 def _compose(config_name: str, overrides: list[str]) -> object:
@@ -52,9 +63,65 @@ def cmd_measure(overrides: list[str]) -> int:
     return 0
 
 
+def _expand(overrides: list[str]) -> list[list[str]]:
+    """Every job's overrides of a (multi)run, so each can be validated before any work."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    return [[o for o in job if not o.startswith("hydra")] for job in jobs]
+
+
+def cmd_sweep(overrides: list[str]) -> int:
+    """Validate every job, then hand over to Hydra (multirun and launchers included)."""
+    multirun = "-m" in overrides or "--multirun" in overrides
+    given = [o for o in overrides if o not in ("-m", "--multirun")]
+    for job in _expand(given) if multirun else [given]:
+        sweep_settings(_compose("config", [o for o in job if not o.startswith("hydra")]))
+    _hydra_sweep(overrides)
+    return 0
+
+
+def _hydra_sweep(overrides: list[str]) -> None:
+    """Run the sweep under @hydra.main so that -m, launchers and the snapshot work."""
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from harness.sweep import run_sweep
+
+    @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+    def task(cfg: DictConfig) -> None:
+        settings = sweep_settings(OmegaConf.to_object(cfg))
+        out_dir = Path(HydraConfig.get().runtime.output_dir)
+        run_sweep(settings, out_dir, OmegaConf.to_container(cfg, resolve=True))
+
+    sys.argv = ["python -m harness sweep", *overrides]
+    task()
+
+
+def cmd_merge(args: list[str]) -> int:
+    """Combine run directories (e.g. a multirun's shards) into one: merge TARGET SOURCE..."""
+    from harness.store import StoreError, merge_runs
+
+    if len(args) < 2:
+        print("error: usage: python -m harness merge TARGET SOURCE [SOURCE ...]", file=sys.stderr)
+        return USAGE_ERROR
+    target, sources = Path(args[0]), [Path(a) for a in args[1:]]
+    try:
+        written, dropped = merge_runs(sources, target)
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    print(f"{written} rows merged into {target} ({dropped} duplicate keys dropped)")
+    return 0
+
+
 COMMANDS = {
     "check": (cmd_check, "numerical agreement of every variant with the float64 oracle"),
     "measure": (cmd_measure, "measure a grid of cases in this process and print the rows"),
+    "sweep": (cmd_sweep, "the main job: a Hydra-configured sweep that keeps every row"),
+    "merge": (cmd_merge, "combine run directories or a multirun's shards into one"),
 }
 
 
@@ -67,13 +134,15 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("overrides", nargs="*", help="Hydra overrides such as dtypes=[fp32]")
+        p.add_argument("overrides", nargs="*",
+                       help="Hydra overrides such as dtypes=[fp32] (sweep: -m for multirun)")
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
     """Dispatch a subcommand; configuration errors exit 2 before any work is done."""
-    args = parser().parse_args(argv)
+    args, extra = parser().parse_known_args(argv)  # extra: -m and the like, for Hydra
+    args.overrides = [*args.overrides, *extra]
     func = COMMANDS[args.command][0]
     try:
         return func(args.overrides)

@@ -78,6 +78,29 @@ class GridSettings:
     measure: MeasureSettings
 
 
+@dataclass
+class SweepConf(MeasureConf):
+    """Hydra schema of ``python -m harness sweep`` (conf/config.yaml and conf/sweep/*.yaml)."""
+
+    preset: str = "default"  # set by the chosen conf/sweep/<preset>.yaml, for the manifest
+    timeout_s: float = 600.0  # per case, including the oracle and the memory pass
+    results_dir: str = "results"
+    resume: str = ""  # a run directory to complete: only its missing cases run
+    force: bool = False  # run cases whose predicted memory exceeds the free memory
+    memory_margin: float = 0.8  # predicted peak must fit in this fraction of free memory
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """Validated sweep: the grid plus supervision and skipping rules."""
+
+    grid: GridSettings
+    preset: str
+    timeout_s: float
+    force: bool
+    memory_margin: float
+
+
 @dataclass(frozen=True)
 class CheckSettings:
     """Validated settings of the agreement matrix."""
@@ -120,6 +143,7 @@ def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(name="check_schema", node=CheckConf)
     cs.store(name="measure_schema", node=MeasureConf)
+    cs.store(name="sweep_schema", node=SweepConf)
     for name in registry.REGISTRY:
         schema = schema_of(registry.get(name).config_cls)
         cs.store(group="variant", name=f"{name}_schema", node=schema)
@@ -207,6 +231,16 @@ def grid_settings(conf: MeasureConf) -> GridSettings:
         measure=MeasureSettings(min_run_time=conf.min_run_time, threads=conf.threads or None,
                                 check=conf.check, memory=conf.memory, seed=conf.seed),
     )
+
+
+def sweep_settings(conf: SweepConf) -> SweepSettings:
+    """Validate a composed SweepConf, before any work is done or anything is written."""
+    if not conf.timeout_s > 0:
+        raise ConfigError(f"timeout_s: must be > 0 seconds, got {conf.timeout_s!r}")
+    if not 0 < conf.memory_margin <= 1:
+        raise ConfigError(f"memory_margin: must be in (0, 1], got {conf.memory_margin!r}")
+    return SweepSettings(grid=grid_settings(conf), preset=conf.preset, timeout_s=conf.timeout_s,
+                         force=conf.force, memory_margin=conf.memory_margin)
 
 
 def check_settings(conf: CheckConf) -> CheckSettings:

@@ -123,3 +123,41 @@ def iter_status_counts(rows: list[Row]) -> Iterator[tuple[str, int]]:
     for row in rows:
         counts[row.status] = counts.get(row.status, 0) + 1
     yield from counts.items()
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Run directories at or below the given paths (a multirun's shards are subfolders)."""
+    found = []
+    for path in map(Path, paths):
+        if (path / ROWS).exists():
+            found.append(path)
+        else:
+            found.extend(sorted(p.parent for p in path.rglob(ROWS)))
+    if not found:
+        raise StoreError(f"no {ROWS} at or below {[str(p) for p in paths]}")
+    return found
+
+
+def merge_runs(sources: list[Path], target: Path) -> tuple[int, int]:
+    """Combine shards into one run directory; rows with a key already present are dropped.
+
+    Returns (rows written, duplicates dropped). The manifest lists the sources and their
+    manifests, so each shard's fingerprint is kept.
+    """
+    runs = find_runs(sources)  # before anything is created
+    store = RunStore.open(target)
+    seen = store.done_keys()
+    written = dropped = 0
+    manifests = {}
+    for run in runs:
+        manifests[str(run)] = RunStore(run).read_manifest()
+        for row in read_rows(run):
+            if row.key in seen:
+                dropped += 1
+                continue
+            seen.add(row.key)
+            store.append(row)
+            written += 1
+    store.write_manifest({"merged_from": manifests, "rows": len(seen),
+                          "counts": dict(iter_status_counts(store.rows()))})
+    return written, dropped

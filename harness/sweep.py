@@ -1,0 +1,166 @@
+"""The sweep: expand the grid, run each case in a supervised worker, keep every row.
+
+Rows are appended to ``rows.jsonl`` as each case finishes (``harness/store.py``); a resumed
+sweep runs only the cases whose keys are missing. Two rules skip cases without running them,
+each recorded as a ``skipped`` row with its reason: the OOM frontier (once a variant runs out
+of memory at some N, larger N with the same other axes are not attempted) and predicted OOM
+(the variant's memory model plus the inputs exceed ``memory_margin`` of the free memory,
+unless ``force``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TextIO
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from harness.cases import Case
+from harness.config import SweepSettings
+from harness.fingerprint import fingerprint
+from harness.grid import cases
+from harness.measure import base_row
+from harness.memory import MIB
+from harness.rows import Row
+from harness.store import RunStore, iter_status_counts
+from harness.worker import Supervisor
+from variants.contract import DTYPES
+
+
+def frontier_key(case_or_row: Case | Row) -> tuple[Any, ...]:
+    """The axes an OOM frontier is shared along: everything but the sequence length."""
+    c = case_or_row
+    label = c.spec.label if isinstance(c, Case) else c.label
+    return (label, c.device, c.dtype, c.mode, c.causal, c.b, c.h, c.d)
+
+
+def free_bytes(device: str) -> int:
+    """Memory free for a new case: MemAvailable on CPU, the CUDA driver's free bytes on GPU."""
+    if device.startswith("cuda"):
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise OSError("/proc/meminfo has no MemAvailable line")
+
+
+def predicted_bytes(case: Case) -> int | None:
+    """The memory model's peak for the case plus its inputs (q, k, v, dout), or None."""
+    model = case.spec.variant.expected_peak_bytes(
+        case.b, case.h, case.nq, case.nk, case.d, dtype=DTYPES[case.dtype],
+        causal=case.causal, backward=case.backward, cfg=case.spec.cfg,
+    )
+    if model is None:
+        return None
+    element = torch.empty((), dtype=DTYPES[case.dtype]).element_size()
+    return model + element * case.b * case.h * case.d * (2 * case.nq + 2 * case.nk)
+
+
+def skip_reason(case: Case, frontier: dict[tuple[Any, ...], int], s: SweepSettings,
+                free: int) -> str | None:
+    """Why the case is skipped without running, or None to run it."""
+    oom_n = frontier.get(frontier_key(case))
+    if oom_n is not None and case.nq > oom_n:
+        return f"skipped: {case.spec.label} ran out of memory at N={oom_n} (same other axes)"
+    predicted = predicted_bytes(case)
+    if not s.force and predicted is not None and predicted > s.memory_margin * free:
+        return (f"predicted OOM: the memory model needs {predicted / MIB:.0f} MiB, "
+                f"{s.memory_margin:.0%} of the {free / MIB:.0f} MiB free is "
+                f"{s.memory_margin * free / MIB:.0f} MiB (force=true runs it anyway)")
+    return None
+
+
+def _note_oom(frontier: dict[tuple[Any, ...], int], row: Row) -> None:
+    if row.status == "oom":
+        key = frontier_key(row)
+        frontier[key] = min(row.nq, frontier.get(key, row.nq))
+
+
+def manifest(s: SweepSettings, resolved: dict[str, Any], store: RunStore, **extra: Any) -> dict:
+    """The run manifest: config, fingerprint, times and counts per status."""
+    rows = store.rows()
+    fp = fingerprint(s.grid.device, resolved)
+    return {
+        "preset": s.preset, "config": resolved, "fingerprint": {"hard": fp.hard, "soft": fp.soft},
+        "counts": dict(iter_status_counts(rows)), "rows": len(rows), **extra,
+    }
+
+
+def run_sweep(s: SweepSettings, out_dir: Path, resolved: dict[str, Any],
+              out: TextIO = sys.stdout) -> list[Row]:
+    """Run every missing case of the grid into ``out_dir``; return all rows there."""
+    store = RunStore.open(out_dir)
+    previous = store.read_manifest() or {}
+    started = previous.get("started") or dt.datetime.now(dt.UTC).isoformat()
+    all_cases = list(cases(s.grid))
+    done = store.done_keys()
+    frontier: dict[tuple[Any, ...], int] = {}
+    for row in store.rows():
+        _note_oom(frontier, row)
+    todo = [c for c in all_cases if c.key() not in done]
+    store.write_manifest(manifest(s, resolved, store, started=started, status="running",
+                                  cases_total=len(all_cases)))
+    status = "interrupted"
+    try:
+        _run_cases(todo, s, store, frontier)
+        status = "complete"
+    finally:
+        store.write_manifest(manifest(s, resolved, store, started=started, status=status,
+                                      finished=dt.datetime.now(dt.UTC).isoformat(),
+                                      cases_total=len(all_cases)))
+    rows = store.rows()
+    write_csv(rows, out_dir / "rows.csv")
+    print_summary(rows, out_dir, out)
+    return rows
+
+
+def _run_cases(todo: list[Case], s: SweepSettings, store: RunStore,
+               frontier: dict[tuple[Any, ...], int]) -> None:
+    """Supervise the remaining cases, appending each row as soon as it exists."""
+    with Supervisor(timeout_s=s.timeout_s) as sup, tqdm(
+        total=len(todo), unit="case", file=sys.stderr, dynamic_ncols=True
+    ) as bar:
+        for case in todo:
+            bar.set_postfix_str(f"{case.spec.label} {case.dtype} {case.mode} "
+                                f"causal={case.causal} B={case.b} N={case.nq}")
+            reason = skip_reason(case, frontier, s, free_bytes(case.device))
+            if reason:
+                row = replace(base_row(case), status="skipped", reason=reason)
+            else:
+                row = sup.run(case, s.grid.measure)
+            store.append(row)
+            _note_oom(frontier, row)
+            bar.update()
+
+
+def write_csv(rows: Iterable[Row], path: Path) -> None:
+    """The derived CSV: one line per row, block times joined by spaces."""
+    records = []
+    for row in rows:
+        data = row.to_dict()
+        data["times_ms"] = " ".join(f"{t:.6g}" for t in row.times_ms)
+        records.append(data)
+    pd.DataFrame(records).to_csv(path, index=False)
+
+
+def print_summary(rows: list[Row], out_dir: Path, out: TextIO) -> None:
+    """Median ms per variant x N (non-ok statuses in the cell), counts, and where it all is."""
+    df = pd.DataFrame([r.to_dict() for r in rows])
+    if not df.empty:
+        df["cell"] = [f"{m:.3g}" if s in ("ok", "mismatch") and m == m else s.upper()
+                      for m, s in zip(df["median_ms"], df["status"], strict=True)]
+        df.loc[df["status"] == "mismatch", "cell"] += "!"
+        table = df.pivot_table(index=["label", "dtype", "mode", "causal", "b"], columns="nq",
+                               values="cell", aggfunc="first")
+        with pd.option_context("display.width", 250, "display.max_rows", None,
+                               "display.max_columns", None):
+            print("median ms by N (! = oracle mismatch)", file=out)
+            print(table.to_string(), file=out)
+    counts = ", ".join(f"{n} {status}" for status, n in iter_status_counts(rows))
+    print(f"\n{len(rows)} rows: {counts}\nresults: {out_dir.resolve()}", file=out)
