@@ -3,7 +3,8 @@
 Modes: ``fwd`` runs under ``torch.inference_mode``; ``bwd`` times ``torch.autograd.grad`` on a
 graph built once outside the timed region (``retain_graph=True``: every call returns fresh
 gradients, nothing accumulates into ``.grad``); ``fwd+bwd`` times both. Inputs are created by
-the caller; warm-up runs before measuring; the thread count is explicit and recorded.
+the caller; blocked_autorange's block-size estimate warms up before measuring; the thread
+count is explicit and recorded.
 """
 
 from __future__ import annotations
@@ -58,9 +59,14 @@ def timed_callable(
 
 
 def time_callable(
-    run: Callable[[], object], *, min_run_time: float, threads: int, warmup: int = 2
+    run: Callable[[], object], *, min_run_time: float, threads: int, warmup: int = 0
 ) -> Timing:
-    """blocked_autorange over ``run`` after ``warmup`` untimed calls."""
+    """blocked_autorange over ``run`` after ``warmup`` extra untimed calls.
+
+    blocked_autorange itself warms up: it first runs the statement, untimed, with growing
+    block sizes until one block costs at least min_run_time / 1000, so no extra call is needed
+    (a slow case would pay a whole call for it).
+    """
     for _ in range(warmup):
         run()
     timer = tbench.Timer(stmt="run()", globals={"run": run}, num_threads=threads)

@@ -96,6 +96,9 @@ class Supervisor:
         if kill and proc.is_alive():
             proc.kill()
         proc.join(timeout=10)
+        if proc.is_alive():  # it did not stop when asked (e.g. mid-case at Ctrl-C)
+            proc.kill()
+            proc.join()
         self._conn.close()
         return proc.exitcode
 
