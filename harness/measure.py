@@ -27,6 +27,7 @@ from harness.rows import Row
 from harness.timing import time_callable, timed_callable
 from variants.contract import DTYPES, Unavailable
 
+MEMORY_DEVICES = ("cpu", "cuda")  # where harness/memory.py can measure peaks
 CPU_OOM_MARKERS = ("DefaultCPUAllocator: can't allocate memory", "not enough memory")
 
 
@@ -155,26 +156,33 @@ def _failure(row: Row, exc: BaseException) -> Row:
     return replace(row, status="error", reason=f"{type(exc).__name__}: {exc}\n{tail}")
 
 
-def measure(case: Case, settings: MeasureSettings | None = None) -> Row:
-    """Measure one case into one row; recorded failures never propagate."""
-    s, start = settings or MeasureSettings(), time.perf_counter()
+def _measure(case: Case, s: MeasureSettings, row: Row) -> Row:
+    """Every measurement of an available case, in order (exceptions go to the caller)."""
     threads = s.threads or torch.get_num_threads()
-    row = base_row(case)
-    variant = case.spec.variant
-    reason = variant.unavailable_reason(case.device, DTYPES[case.dtype], causal=case.causal,
-                                        backward=case.backward, cfg=case.spec.cfg)
-    if reason:
-        return replace(row, status="unavailable", reason=reason)
-    try:
-        if s.check:
-            row = replace(row, **_check(case, s))
-        row = replace(row, **_time(case, s, threads))
-        if s.memory:
-            row = replace(row, **_peaks(case, s))
-    except Exception as exc:  # a failing variant is recorded, with its traceback tail
-        return replace(_failure(row, exc), wall_s=time.perf_counter() - start)
+    if s.check:
+        row = replace(row, **_check(case, s))
+    row = replace(row, **_time(case, s, threads))
+    if s.memory and case.device.split(":")[0] in MEMORY_DEVICES:
+        row = replace(row, **_peaks(case, s))
+    elif s.memory:
+        row = replace(row, extra={**row.extra, "memory": f"not measured on {case.device}"})
     row = replace(row, **_model(case, row))
     if s.roof:
         row = replace(row, **_roof(case, row, threads))
-    status = "mismatch" if row.check_ok is False else "ok"
-    return replace(row, status=status, wall_s=time.perf_counter() - start)
+    return replace(row, status="mismatch" if row.check_ok is False else "ok")
+
+
+def measure(case: Case, settings: MeasureSettings | None = None) -> Row:
+    """Measure one case into one row; the variant's failures become the row's status."""
+    s, start = settings or MeasureSettings(), time.perf_counter()
+    row = base_row(case)
+    try:
+        reason = case.spec.variant.unavailable_reason(
+            case.device, DTYPES[case.dtype], causal=case.causal, backward=case.backward,
+            cfg=case.spec.cfg,
+        )
+        row = replace(row, status="unavailable", reason=reason) if reason else _measure(
+            case, s, row)
+    except Exception as exc:  # anything the variant raised is recorded, traceback tail too
+        row = _failure(row, exc)
+    return replace(row, wall_s=time.perf_counter() - start)

@@ -47,3 +47,13 @@ def run_harness(args: list[str], env: dict[str, str], timeout: float = 600):
         [sys.executable, "-m", "harness", *args], cwd=ROOT, env=env,
         capture_output=True, text=True, timeout=timeout, check=False,
     )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` skip, with the reason, where no CUDA device is present."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device: torch.cuda.is_available() is False")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

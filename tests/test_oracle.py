@@ -78,9 +78,9 @@ def test_tolerance_is_data_derived() -> None:
     """The allowance is FUDGE times the same-dtype reference's error (above the floor)."""
     a = check_agreement(variants.get("naive"), None, Shape(1, 2, 64, 64, 32), device="cpu",
                         dtype=torch.bfloat16, causal=False, backward=True)
-    for c in a.checks:
-        assert c.allowed == pytest.approx(max(FUDGE[c.tensor] * c.reference_err, c.allowed))
-        assert c.reference_err > 0
+    for c in a.checks:  # bf16 errors here are far above the floor: the allowance is data's
+        assert c.reference_err > 1e-3
+        assert c.allowed == pytest.approx(FUDGE[c.tensor] * c.reference_err)
 
 
 def test_approximate_variants_report_distance_to_softmax() -> None:

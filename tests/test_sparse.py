@@ -258,3 +258,21 @@ def test_kept_count_matches_dense_mask(pattern: str, causal: bool, nq: int, nk: 
     cfg = sparse.Config(pattern=pattern, window=5, block=4, num_random_blocks=1)
     sem = sparse.computes(cfg)
     assert sem.kept(nq, nk, causal) == int(sem.keep(nq, nk, causal, torch.device("cpu")).sum())
+
+
+@pytest.mark.parametrize("pattern", ["window", "bigbird"])
+@pytest.mark.parametrize("scale", [-0.5, 1e-31, 3.0])
+def test_padding_stays_masked_for_any_nonzero_scale(pattern: str, scale: float) -> None:
+    """Negative, tiny and large scales agree with the float64 reference (review finding)."""
+    cfg = sparse.Config(pattern=pattern, window=3, block=4, num_random_blocks=1)
+    for causal in (False, True):
+        a = check_agreement(variants.get("sparse"), cfg, Shape(1, 2, 13, 13, 8), device="cpu",
+                            dtype=torch.float32, causal=causal, backward=True, scale=scale)
+        assert a.ok, (causal, a.worst())
+
+
+def test_zero_scale_is_refused() -> None:
+    """A zero scale would unmask padding: refused with a clear message."""
+    q = torch.randn(1, 1, 5, 8)
+    with pytest.raises(ValueError, match="nonzero scale"):
+        sparse.attention(q, q, q, scale=0.0, cfg=sparse.Config(window=2, block=4))

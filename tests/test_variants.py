@@ -72,6 +72,14 @@ def test_sdpa_cpu_backends_without_kernels_say_so() -> None:
                                        cfg=cfg) is None
 
 
+def test_sdpa_pinned_backend_rejecting_inputs_is_unavailable() -> None:
+    """flash cannot take a v head size other than q's: Unavailable, not a crash or fallback."""
+    sdpa = variants.get("sdpa")
+    q, v = torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 16)
+    with pytest.raises(Unavailable, match="'flash' cannot run these inputs"):
+        sdpa.attention(q, q, v, causal=False, scale=None, cfg=sdpa.presets["flash"])
+
+
 def test_xformers_is_unavailable_on_cpu_with_reason() -> None:
     """xformers 0.0.35 has no CPU kernels; the reason says so."""
     xf = variants.get("xformers")

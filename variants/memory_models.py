@@ -51,11 +51,14 @@ def dims(
 
 
 def materialised(m: Dims, *, causal: bool, backward: bool) -> int:
-    """Full score matrix: forward holds 2 (scores, exp); fwd+bwd 3, plus rows of gradients."""
+    """Full score matrix: forward holds 2 (scores, exp); fwd+bwd 3, plus rows of gradients.
+
+    Scores are counted in the compute dtype (``c``): a kernel that upcasts bf16 scores to
+    float32 holds float32 matrices."""
     mask = m.nq * m.nk if causal else 0  # the bool keep-mask
     if not backward:
-        return 2 * m.scores * m.e + mask
-    return 3 * m.scores * m.e + (m.q_rows + m.k_rows) * m.e + mask
+        return 2 * m.scores * m.c + mask
+    return 3 * m.scores * m.c + (m.q_rows + m.k_rows) * m.e + mask
 
 
 def tiled(m: Dims, *, tile_q: int, tile_k: int, backward: bool) -> int:
@@ -63,11 +66,15 @@ def tiled(m: Dims, *, tile_q: int, tile_k: int, backward: bool) -> int:
     tq, tk = min(tile_q, m.nq), min(tile_k, m.nk)
     tile = m.b * m.h * tq * tk * m.c
     lse = m.b * m.h * m.nq * m.c
-    fwd = m.q_rows * (m.e + m.c) + lse + tile + m.b * m.h * tq * m.d * m.c
+    upcast_kv = 2 * m.k_rows * m.c if m.c > m.e else 0  # k, v copied to the compute dtype
+    fwd = m.q_rows * (m.e + m.c) + lse + tile + m.b * m.h * tq * m.d * m.c + upcast_kv
     if not backward:
         return fwd
-    # out and lse saved; backward holds scaled q, dq, a delta temporary, dk, dv, two tiles.
-    return m.q_rows * (m.e + 3 * m.c) + 2 * m.k_rows * m.e + lse + 2 * tile
+    # out and lse saved; backward holds scaled q, dq, a delta temporary, dk, dv, two tiles,
+    # and, for low precision, float32 copies of k, v, dout and out.
+    upcast_rows = 2 * m.q_rows * m.c if m.c > m.e else 0
+    return (m.q_rows * (m.e + 3 * m.c) + 2 * m.k_rows * m.e + lse + 2 * tile + upcast_kv
+            + upcast_rows)
 
 
 def streaming(m: Dims, *, backward: bool, workspace: int = 0) -> int:

@@ -8,6 +8,7 @@ to another kernel. ``is_causal`` in PyTorch is top-left aligned, as in this proj
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ BACKENDS: Mapping[str, SDPBackend | None] = {
     "efficient": SDPBackend.EFFICIENT_ATTENTION,
     "cudnn": SDPBackend.CUDNN_ATTENTION,
 }
+#: How PyTorch says that the pinned backends cannot run the inputs (CPU and CUDA wordings).
+NO_KERNEL = re.compile(r"No viable backend|No available kernel")
 #: Backends with a CPU kernel in torch 2.13 (others raise "No viable backend" on CPU).
 CPU_BACKENDS = frozenset({"auto", "math", "flash"})
 
@@ -92,7 +95,7 @@ def attention(
         try:
             return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
         except RuntimeError as exc:
-            if "No viable backend" not in str(exc):
+            if not NO_KERNEL.search(str(exc)):
                 raise
             why = "; ".join(str(w.message) for w in caught) or str(exc)
             msg = f"SDPA backend {cfg.backend!r} cannot run these inputs: {why}"

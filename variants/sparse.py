@@ -26,9 +26,10 @@ other block row gathers its kept key blocks, padded to kmax <= 3 + g + r with an
 block: scores (block rows, b, kmax b). Forward-only calls run over groups of (b, h) pairs and
 chunks of about CHUNK_ELEMENTS scores, copied into the output as they come; under autograd,
 which saves every part anyway, one pass.
-Padding keys carry an extra feature PAD_LOGIT that queries meet with a 1, so they score about
--1e30 (finite) without any per-tile mask. Softmax is ``torch.softmax`` (max-subtracted); no row
-is ever all -inf, so nothing turns NaN, and rows that keep no key are set to zero afterwards.
+Padding keys carry an extra feature (PAD_LOGIT / scale) that queries meet with a 1, so they
+score about PAD_LOGIT = -1e30 (finite) without any per-tile mask, for any nonzero scale.
+Softmax is ``torch.softmax`` (max-subtracted); no row is ever all -inf, so nothing turns NaN,
+and rows that keep no key are set to zero afterwards.
 bf16/fp16 inputs are computed in float32 and the output cast back. The output may be a strided
 view (B, H, Nq, D) of a slightly longer buffer.
 """
@@ -242,17 +243,32 @@ def _assemble(
     return out
 
 
+def pad_feature(scale: float, dtype: torch.dtype) -> float:
+    """The padding keys' extra feature: times ``scale`` it scores about PAD_LOGIT.
+
+    Dividing by the scale keeps padding masked for negative and tiny scales too (clamped to
+    stay finite in ``dtype``); a zero scale cannot be told apart, so it is refused.
+    """
+    if scale == 0:
+        raise ValueError("sparse attention needs a nonzero scale (got 0)")
+    limit = torch.finfo(dtype).max / 16
+    return max(-limit, min(limit, PAD_LOGIT / scale))
+
+
 def _flat_keys(
-    x: torch.Tensor, lead: int, count: int, rows: int, tail: int, aug: bool
+    x: torch.Tensor, lead: int, count: int, rows: int, tail: int, aug: float | None
 ) -> torch.Tensor:
-    """(B, H, N, D) -> flat (B H rows + tail, D [+ 1]): key j < count at row bh rows + lead + j."""
+    """(B, H, N, D) -> flat (B H rows + tail, D [+ 1]): key j < count at row bh rows + lead + j.
+
+    With ``aug`` (keys only) an extra feature holds ``aug`` at padding rows, 0 at real keys.
+    """
     b, h, _, d = x.shape
-    width = d + int(aug)
+    width = d + int(aug is not None)
     buf = x.new_zeros(b * h * rows + tail, width)  # (B H rows + tail, D [+ 1])
     body = buf[: b * h * rows].view(b, h, rows, width)  # (B, H, rows, D [+ 1])
     body[:, :, lead:lead + count, :d] = x[:, :, :count]
-    if aug:
-        buf[:, d] = PAD_LOGIT  # (B H rows + tail,): padding everywhere ...
+    if aug is not None:
+        buf[:, d] = aug  # (B H rows + tail,): padding everywhere ...
         body[:, :, lead:lead + count, d] = 0.0  # ... except at real keys
     return buf
 
@@ -270,8 +286,9 @@ def _window(
     # own rows or in the next (b, h)'s leading padding (the last one gets a padding tail).
     rows = t * -(-max(nq, reach + w, live + right) // t)
     qt = F.pad(q, (0, 1, 0, rows - nq), value=1.0).view(-1, t, d + 1)  # (n, t, D + 1)
-    kt = _flat_keys(k, w, reach, rows, span - t, True).unfold(0, span, t)  # (n, D + 1, span)
-    vs = _flat_keys(v, w, reach, rows, span - t, False).unfold(0, span, t).transpose(1, 2)
+    pad = pad_feature(scale, k.dtype)
+    kt = _flat_keys(k, w, reach, rows, span - t, pad).unfold(0, span, t)  # (n, D + 1, span)
+    vs = _flat_keys(v, w, reach, rows, span - t, None).unfold(0, span, t).transpose(1, 2)
     # vs (n, span, D); tile I of a (b, h) covers keys j = I t - w + c, c < span
     c = torch.arange(span, device=q.device)  # (span,)
     r = torch.arange(t, device=q.device)[:, None]  # (t, 1)
@@ -336,8 +353,9 @@ def _bigbird(
     ids = _key_lists(_table(cfg, nqb, nkb)[g:], nkb)  # (n, kmax) on the CPU, sentinel nkb
     row_ok = ids[:, 0] < nkb  # (n,): False where a block row keeps no key block at all
     ids = ids.to(q.device)
-    kb = _flat_keys(k, 0, nk, (nkb + 1) * bs, 0, True).view(b * h, nkb + 1, bs, d + 1)
-    vb = _flat_keys(v, 0, nk, (nkb + 1) * bs, 0, False).view(b * h, nkb + 1, bs, d)
+    pad = pad_feature(scale, k.dtype)
+    kb = _flat_keys(k, 0, nk, (nkb + 1) * bs, 0, pad).view(b * h, nkb + 1, bs, d + 1)
+    vb = _flat_keys(v, 0, nk, (nkb + 1) * bs, 0, None).view(b * h, nkb + 1, bs, d)
     qb = F.pad(q[:, :, g * bs:], (0, 1, 0, nqb * bs - nq), value=1.0)  # (B, H, n b, D + 1)
     qb = qb.view(b * h, nqb - g, bs, d + 1)  # (BH, n, b, D + 1)
     def chunk(s: int, e: int) -> torch.Tensor:
