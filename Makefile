@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(PY) -m harness check
+	$(PY) -m harness sweep
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow"

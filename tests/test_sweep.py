@@ -188,3 +188,17 @@ def test_multirun_shards_through_submitit_then_merge(harness_env, tmp_path: Path
                          harness_env)
     assert result.returncode == 0, result.stderr
     assert sorted(r.nq for r in read_rows(merged)) == [16, 32]
+
+
+def test_several_configurations_of_one_variant() -> None:
+    """Two windows and two tile sizes in one sweep are distinct cases with distinct keys."""
+    specs = ["'sparse:window=64'", "'sparse:window=128'", "memory_efficient",
+             "'memory_efficient:block_q=128,block_k=256'"]
+    settings = sweep_settings(composed("config", [
+        "sweep=smoke", f"variants=[{','.join(specs)}]", "seq_lens=[256]", "modes=[fwd]",
+        "causal=[false]"]))
+    labels = [s.label for s in settings.grid.specs]
+    assert labels == ["sparse:window=64", "sparse:window=128", "memory_efficient",
+                      "memory_efficient:block_q=128,block_k=256"]
+    keys = [c.key() for c in cases(settings.grid)]
+    assert len(set(keys)) == 4
