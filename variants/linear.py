@@ -90,12 +90,28 @@ def _noncausal(
         kv_part = fk.transpose(-2, -1) @ v[..., s : s + rows, :].to(work)  # (B, H, D, Dv)
         z_part = fk.sum(dim=-2)  # (B, H, D)
         kv, z = (kv_part, z_part) if kv is None else (kv + kv_part, z + z_part)
-    outs = []
+    if _tracked(q, k, v):  # autograd: blocks joined at the end
+        blocks = [_normalised(q[..., s : s + rows, :], kv, z, eps, work)
+                  for s in range(0, q.shape[-2], rows)]
+        return torch.cat(blocks, dim=-2)  # (B, H, Nq, Dv)
+    out = q.new_empty(*q.shape[:-1], v.shape[-1])  # (B, H, Nq, Dv): written block by block
     for s in range(0, q.shape[-2], rows):
-        fq = feature_map(q[..., s : s + rows, :].to(work))  # (B, H, r, D)
-        den = (fq @ z.unsqueeze(-1)).add_(eps)  # (B, H, r, 1)
-        outs.append((fq @ kv).div_(den).to(q.dtype))  # (B, H, r, Dv)
-    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)  # (B, H, Nq, Dv)
+        out[..., s : s + rows, :] = _normalised(q[..., s : s + rows, :], kv, z, eps, work)
+    return out
+
+
+def _tracked(*xs: torch.Tensor) -> bool:
+    """Whether autograd records operations on any of xs."""
+    return torch.is_grad_enabled() and any(x.requires_grad for x in xs)
+
+
+def _normalised(
+    q: torch.Tensor, kv: torch.Tensor, z: torch.Tensor, eps: float, work: torch.dtype
+) -> torch.Tensor:
+    """One row block: phi(q) kv / (phi(q) z + eps), (B, H, r, D) -> (B, H, r, Dv)."""
+    fq = feature_map(q.to(work))  # (B, H, r, D)
+    den = (fq @ z.unsqueeze(-1)).add_(eps)  # (B, H, r, 1)
+    return (fq @ kv).div_(den).to(q.dtype)  # (B, H, r, Dv)
 
 
 def _chunks(x: torch.Tensor, length: int, chunk: int) -> torch.Tensor:
