@@ -94,9 +94,9 @@ def linear_form(m: Dims, *, causal: bool, chunk: int, backward: bool, block: int
         padded = m.b * m.h * length * m.d
         blocks = m.b * m.h * length * c
         fwd = (rows + 3 * padded) * m.c + 2 * blocks * m.c + 2 * (length // c) * states * m.c
-    else:  # block outputs held until joined, plus a few block temporaries
-        fwd = m.q_rows * m.c + 4 * min(block, m.q_rows) * m.c
-        if backward:  # autograd keeps every block's features
-            fwd += rows * m.c
+    else:  # a few block temporaries; blocks are written straight into the output
+        fwd = 4 * min(block, m.q_rows) * m.c
+        if backward:  # autograd keeps every block's features and outputs until joined
+            fwd += (rows + m.q_rows) * m.c
     fwd += m.q_rows * m.e  # the output
     return fwd + (m.q_rows + 2 * m.k_rows) * m.e if backward else fwd
