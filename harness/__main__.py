@@ -22,6 +22,7 @@ from harness.config import (
     register_schemas,
     sweep_settings,
 )
+from harness.store import RunStore, StoreError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 USAGE_ERROR = 2
@@ -78,7 +79,13 @@ def cmd_sweep(overrides: list[str]) -> int:
     multirun = "-m" in overrides or "--multirun" in overrides
     given = [o for o in overrides if o not in ("-m", "--multirun")]
     for job in _expand(given) if multirun else [given]:
-        sweep_settings(_compose("config", [o for o in job if not o.startswith("hydra")]))
+        conf = _compose("config", [o for o in job if not o.startswith("hydra")])
+        sweep_settings(conf)
+        if conf.resume:
+            try:
+                RunStore(Path(conf.resume)).validate()
+            except StoreError as exc:
+                raise ConfigError(f"resume: {exc}") from exc
     _hydra_sweep(overrides)
     return 0
 

@@ -69,19 +69,24 @@ class RunStore:
         self.rows_path = self.directory / ROWS
         self.manifest_path = self.directory / MANIFEST
 
+    def validate(self) -> None:
+        """Refuse an existing directory of another schema version or with corrupt rows."""
+        manifest = self.read_manifest()
+        if manifest is not None and manifest.get("schema") != SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.manifest_path}: results of schema {manifest.get('schema')!r}, this "
+                f"attnbench writes schema {SCHEMA_VERSION}; use a new results directory"
+            )
+        if self.rows_path.exists():
+            read_rows(self.directory)
+
     @classmethod
     def open(cls, directory: Path) -> RunStore:
         """Create or reopen a run directory; refuse another schema version."""
         store = cls(directory)
         store.directory.mkdir(parents=True, exist_ok=True)
-        manifest = store.read_manifest()
-        if manifest is not None and manifest.get("schema") != SCHEMA_VERSION:
-            raise StoreError(
-                f"{store.manifest_path}: results of schema {manifest.get('schema')!r}, this "
-                f"attnbench writes schema {SCHEMA_VERSION}; use a new results directory"
-            )
         _repair_tail(store.rows_path)
-        store.rows()  # validates every existing row now, before any work
+        store.validate()  # every existing row and the manifest, before any work
         return store
 
     def rows(self) -> list[Row]:

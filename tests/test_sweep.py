@@ -202,3 +202,13 @@ def test_several_configurations_of_one_variant() -> None:
                       "memory_efficient:block_q=128,block_k=256"]
     keys = [c.key() for c in cases(settings.grid)]
     assert len(set(keys)) == 4
+
+
+def test_resume_into_other_schema_is_refused(harness_env, tmp_path: Path) -> None:
+    """resume= a directory of another schema version: exit 2 naming the file, nothing run."""
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema": 999}))
+    result = run_harness(["sweep", "sweep=smoke", f"resume={tmp_path}"], harness_env)
+    assert result.returncode == 2
+    assert "resume" in result.stderr and "manifest.json" in result.stderr
+    assert "schema 999" in result.stderr
+    assert not (tmp_path / "rows.jsonl").exists()
