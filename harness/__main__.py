@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     func = COMMANDS[args.command][0]
     try:
         return func(args.overrides)
+    except KeyboardInterrupt:
+        return 130  # the sweep said where its rows are; no traceback for a Ctrl-C
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return USAGE_ERROR

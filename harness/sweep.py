@@ -110,6 +110,10 @@ def run_sweep(s: SweepSettings, out_dir: Path, resolved: dict[str, Any],
     try:
         _run_cases(todo, s, store, frontier)
         status = "complete"
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {len(store.rows())} rows kept in {out_dir}; finish them with "
+              f"the same command plus resume={out_dir}", file=sys.stderr)
+        raise
     finally:
         store.write_manifest(manifest(s, resolved, store, started=started, status=status,
                                       finished=dt.datetime.now(dt.UTC).isoformat(),

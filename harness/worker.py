@@ -51,13 +51,14 @@ def from_request(request: Request) -> Case:
 
 
 def _serve(conn: Connection) -> None:
-    """Worker loop: receive requests, send row dicts back, stop on None."""
-    while True:
-        request = conn.recv()
-        if request is None:
-            return
-        row = measure(from_request(request), request.settings)
-        conn.send(row.to_dict())
+    """Worker loop: receive requests, send row dicts back, stop on None or Ctrl-C."""
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C reaches the whole process group
+        while True:
+            request = conn.recv()
+            if request is None:
+                return
+            row = measure(from_request(request), request.settings)
+            conn.send(row.to_dict())
 
 
 def _death(exitcode: int | None) -> str:

@@ -212,3 +212,25 @@ def test_resume_into_other_schema_is_refused(harness_env, tmp_path: Path) -> Non
     assert "resume" in result.stderr and "manifest.json" in result.stderr
     assert "schema 999" in result.stderr
     assert not (tmp_path / "rows.jsonl").exists()
+
+
+def test_ctrl_c_keeps_rows_and_says_how_to_resume(harness_env, tmp_path: Path) -> None:
+    """SIGINT to the sweep's process group: exit 130, rows kept, manifest 'interrupted'."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", "sweep", "sweep=smoke", *TINY, "min_run_time=0.2",
+         f"resume={out}"], cwd=ROOT, env=harness_env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    rows_file = out / "rows.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if rows_file.exists() and len(rows_file.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert f"resume={out}" in err and "Traceback" not in err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted" and manifest["rows"] == len(read_rows(out)) >= 3
