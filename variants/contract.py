@@ -12,7 +12,8 @@ A variant is one module exposing:
   build the float64 reference: exact softmax attention, softmax over a sparse pattern, or a
   normalised linear-attention form.
 - ``unavailable_reason(device, dtype, *, causal, backward, cfg) -> str | None`` -- a sentence a
-  person understands when the variant cannot run here (beyond ``SUPPORTS``), else None.
+  person understands when the variant cannot run here (beyond ``SUPPORTS``), else None;
+  ``unavailable_reason = always_available`` for variants with nothing to add.
 - optional ``expected_peak_bytes(b, h, nq, nk, d, *, dtype, causal, backward, cfg) -> int``: the
   variant's analytic memory model (``variants/memory_models.py`` has the family formulas);
   without it, reports show no expectation beside the measured peak.
@@ -113,6 +114,13 @@ class ContractError(TypeError):
 class Unavailable(RuntimeError):
     """Raised by ``attention`` when these particular inputs cannot run (a shape a kernel
     rejects, say); the harness records the case as unavailable with this message."""
+
+
+def always_available(
+    device: str, dtype: torch.dtype, *, causal: bool, backward: bool, cfg: Any
+) -> str | None:
+    """The ``unavailable_reason`` of a variant that runs wherever its SUPPORTS says."""
+    return None
 
 
 def default_scale(head_dim: int, scale: float | None) -> float:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from variants import memory_models
-from variants.contract import LinearAttention, Supports
+from variants.contract import LinearAttention, Supports, always_available
 
 NAME = "linear"
 #: Non-causal row blocks hold about this many values per temporary (2 MiB in fp32), so big
@@ -56,11 +56,7 @@ def computes(cfg: Config) -> LinearAttention:
     return LinearAttention(feature_map=feature_map, eps=cfg.eps)
 
 
-def unavailable_reason(
-    device: str, dtype: torch.dtype, *, causal: bool, backward: bool, cfg: Config
-) -> str | None:
-    """Always available where SUPPORTS says so."""
-    return None
+unavailable_reason = always_available  # runs wherever SUPPORTS says
 
 
 def expected_peak_bytes(

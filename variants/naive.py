@@ -16,6 +16,7 @@ from variants import memory_models
 from variants.contract import (
     SoftmaxAttention,
     Supports,
+    always_available,
     default_scale,
 )
 
@@ -36,11 +37,7 @@ def computes(cfg: Config) -> SoftmaxAttention:
     return SoftmaxAttention()
 
 
-def unavailable_reason(
-    device: str, dtype: torch.dtype, *, causal: bool, backward: bool, cfg: Config
-) -> str | None:
-    """Always available where SUPPORTS says so."""
-    return None
+unavailable_reason = always_available  # runs wherever SUPPORTS says
 
 
 def expected_peak_bytes(

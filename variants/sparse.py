@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from variants import memory_models
-from variants.contract import SparseSoftmax, Supports, default_scale
+from variants.contract import SparseSoftmax, Supports, always_available, default_scale
 
 NAME = "sparse"
 PATTERNS = ("window", "bigbird")
@@ -190,11 +190,7 @@ def expected_peak_bytes(
     return 4 * m.q_rows * m.c + (2 * chunk + gathered) * m.c
 
 
-def unavailable_reason(
-    device: str, dtype: torch.dtype, *, causal: bool, backward: bool, cfg: Config
-) -> str | None:
-    """Always available where SUPPORTS says so."""
-    return None
+unavailable_reason = always_available  # runs wherever SUPPORTS says
 
 
 # ---------------------------------------------------------------- block-wise computation

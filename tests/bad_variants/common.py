@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from variants.contract import SoftmaxAttention, Supports
+from variants.contract import SoftmaxAttention, Supports, always_available
 
 
 @dataclass(frozen=True)
@@ -23,8 +21,4 @@ def computes(cfg: Config) -> SoftmaxAttention:
     return SoftmaxAttention()
 
 
-def unavailable_reason(
-    device: str, dtype: torch.dtype, *, causal: bool, backward: bool, cfg: Config
-) -> str | None:
-    """Always claims to be available."""
-    return None
+unavailable_reason = always_available  # runs wherever SUPPORTS says
