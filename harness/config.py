@@ -56,6 +56,7 @@ class MeasureConf:
     head_dim: int = 64
     seq_lens: list[int] = field(default_factory=lambda: [1024])
     min_run_time: float = 0.5
+    min_samples: int = 1
     threads: int = 0
     check: bool = True
     memory: bool = True
@@ -216,6 +217,8 @@ def grid_settings(conf: MeasureConf) -> GridSettings:
     """Validate a composed MeasureConf into frozen settings, before any work is done."""
     if conf.min_run_time <= 0:
         raise ConfigError(f"min_run_time: must be > 0 seconds, got {conf.min_run_time!r}")
+    if conf.min_samples < 1:
+        raise ConfigError(f"min_samples: must be an int >= 1, got {conf.min_samples!r}")
     if conf.threads < 0:
         raise ConfigError(f"threads: must be >= 0 (0 = torch's default), got {conf.threads!r}")
     return GridSettings(
@@ -228,7 +231,8 @@ def grid_settings(conf: MeasureConf) -> GridSettings:
         heads=positive_ints("heads", [conf.heads])[0],
         head_dim=positive_ints("head_dim", [conf.head_dim])[0],
         seq_lens=positive_ints("seq_lens", conf.seq_lens),
-        measure=MeasureSettings(min_run_time=conf.min_run_time, threads=conf.threads or None,
+        measure=MeasureSettings(min_run_time=conf.min_run_time, min_samples=conf.min_samples,
+                                threads=conf.threads or None,
                                 check=conf.check, memory=conf.memory, seed=conf.seed),
     )
 

@@ -36,6 +36,7 @@ class MeasureSettings:
     """How hard to measure: timing budget, threads, and what else to collect."""
 
     min_run_time: float = 0.5
+    min_samples: int = 1  # blocks at least (the compare gate needs 6 a side)
     threads: int | None = None  # None: torch.get_num_threads()
     check: bool = True
     check_max_scores: int = 2**22  # B*H*Nq*Nk above which the oracle runs at a smaller shape
@@ -101,7 +102,8 @@ def _time(case: Case, s: MeasureSettings, threads: int) -> dict[str, Any]:
     q, k, v, dout = make_inputs(case.shape, dtype=DTYPES[case.dtype], device=case.device,
                                 seed=s.seed)
     run = timed_callable(_attention_fn(case), q, k, v, dout, case.mode)
-    t = time_callable(run, min_run_time=s.min_run_time, threads=threads)
+    t = time_callable(run, min_run_time=s.min_run_time, threads=threads,
+                      min_samples=s.min_samples)
     return {
         "threads": threads, "times_ms": tuple(x * 1e3 for x in t.times_s),
         "median_ms": t.median_s * 1e3, "iqr_ms": t.iqr_s * 1e3, "samples": t.samples,

@@ -59,16 +59,24 @@ def timed_callable(
 
 
 def time_callable(
-    run: Callable[[], object], *, min_run_time: float, threads: int, warmup: int = 0
+    run: Callable[[], object], *, min_run_time: float, threads: int, warmup: int = 0,
+    min_samples: int = 1,
 ) -> Timing:
     """blocked_autorange over ``run`` after ``warmup`` extra untimed calls.
 
     blocked_autorange itself warms up: it first runs the statement, untimed, with growing
     block sizes until one block costs at least min_run_time / 1000, so no extra call is needed
-    (a slow case would pay a whole call for it).
+    (a slow case would pay a whole call for it). When it returns fewer than ``min_samples``
+    blocks (a case slower than min_run_time / min_samples), more blocks of the same size are
+    timed until there are ``min_samples``: a regression test needs several samples a side.
     """
     for _ in range(warmup):
         run()
     timer = tbench.Timer(stmt="run()", globals={"run": run}, num_threads=threads)
     m = timer.blocked_autorange(min_run_time=min_run_time)
+    if len(m.times) < min_samples:
+        more = [timer.timeit(m.number_per_run) for _ in range(min_samples - len(m.times))]
+        number = m.number_per_run
+        m = tbench.Measurement.merge([m, *more])[0]  # per-iteration times of every block
+        return Timing(tuple(m.times), m.median, m.iqr, number, threads)
     return Timing(tuple(m.times), m.median, m.iqr, m.number_per_run, threads)

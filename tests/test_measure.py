@@ -4,6 +4,7 @@ recorded failures, the fingerprint, and the row schema."""
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from harness.measure import MeasureSettings, check_shape, is_oom, measure
 from harness.memory import MIB, peak_bytes
 from harness.rows import SCHEMA_VERSION, Row
 from harness.specs import VariantSpec, parse_spec
-from harness.timing import timed_callable
+from harness.timing import time_callable, timed_callable
 from tests.broken_variants import make_variant
 from variants.contract import SoftmaxAttention, Unavailable
 
@@ -227,3 +228,12 @@ def test_timed_backward_gets_fresh_gradients() -> None:
     first, second = run(), run()
     for a, b in zip(first, second, strict=True):
         assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()  # equal, not accumulated
+
+
+def test_min_samples_adds_blocks_to_a_slow_case() -> None:
+    """A case slower than min_run_time still gets min_samples blocks, each one call long."""
+    def slow() -> None:
+        time.sleep(0.02)
+    t = time_callable(slow, min_run_time=0.01, threads=1, min_samples=7)
+    assert t.samples == 7 and all(0.019 < x < 0.2 for x in t.times_s), t.times_s
+    assert t.median_s == pytest.approx(sorted(t.times_s)[3], rel=0.5)
