@@ -69,6 +69,7 @@ def base_row(case: Case) -> Row:
         key=case.key(), variant=case.spec.name, label=case.spec.label,
         config=case.config_dict(), device=case.device, dtype=case.dtype, mode=case.mode,
         causal=case.causal, b=case.b, h=case.h, nq=case.nq, nk=case.nk, d=case.d, status="ok",
+        extra={"definition": case.spec.variant.definition(case.spec.cfg)},
     )
 
 

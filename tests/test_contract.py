@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import textwrap
+import types
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from omegaconf import OmegaConf
 import variants
 from harness.config import register_schemas, to_config
 from tests.conftest import REGISTERED, ROOT
-from variants.contract import ContractError, Supports, load_module
+from variants.contract import ContractError, Supports, Variant, load_module
 
 
 @pytest.mark.parametrize("name", REGISTERED)
@@ -121,3 +122,18 @@ def test_name_clash_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ContractError, match="already taken"):
         variants.load_all(["mypkg_clash.clash"], names=["naive"])
+
+
+def test_definition_names_semantics_and_revision() -> None:
+    """definition() tells softmax, sparse and linear apart and carries REVISION."""
+    texts = {name: variants.get(name).definition(variants.get(name).config_cls())
+             for name in ("naive", "sparse", "linear")}
+    assert texts["naive"] == "softmax attention; revision 0"
+    assert texts["sparse"].startswith("sparse softmax (sliding window")
+    assert "elu(x) + 1" in texts["linear"] and "eps=1e-06" in texts["linear"]
+    bigger = variants.get("sparse").definition(variants.get("sparse").config_cls(window=8))
+    assert bigger != texts["sparse"]
+    bumped = types.ModuleType("bumped")
+    bumped.__dict__.update({**vars(variants.get("naive").module), "REVISION": 1})
+    cfg = variants.get("naive").config_cls()
+    assert Variant("naive", bumped).definition(cfg) == "softmax attention; revision 1"

@@ -20,6 +20,10 @@ A variant is one module exposing:
 - ``attention(q, k, v, *, causal, scale, cfg) -> Tensor`` with q (B, H, Nq, D) and k, v
   (B, H, Nk, D); output (B, H, Nq, D) in the input dtype. ``scale`` None means 1/sqrt(D).
   It may raise ``Unavailable`` for inputs it cannot handle; it never falls back silently.
+- optional ``REVISION: int`` (default 0) -- bump it when the variant starts to measure
+  something else under the same name and config (a different algorithm, not a faster one):
+  ``harness compare`` then calls old and new results "not comparable" instead of reading the
+  change as a speed-up or a regression. Each row records ``Variant.definition(cfg)``.
 
 Causal masking is top-left aligned everywhere in this project: query i sees keys j <= i,
 whatever Nq and Nk are. A query row that sees no key at all (possible only with sparse
@@ -153,6 +157,19 @@ class Variant:
     def computes(self, cfg: Any) -> Semantics:
         """What the variant computes under ``cfg``."""
         return self.module.computes(cfg)
+
+    def definition(self, cfg: Any) -> str:
+        """What the variant measures under ``cfg``: its semantics and its REVISION, as text."""
+        sem = self.computes(cfg)
+        if isinstance(sem, SparseSoftmax):
+            what = f"sparse softmax ({sem.description})"
+        elif isinstance(sem, LinearAttention):
+            doc = (sem.feature_map.__doc__ or "").strip().splitlines()
+            phi = doc[0] if doc else getattr(sem.feature_map, "__qualname__", "phi")
+            what = f"linear attention ({phi.rstrip('.')}; eps={sem.eps:g})"
+        else:
+            what = "softmax attention"
+        return f"{what}; revision {getattr(self.module, 'REVISION', 0)}"
 
     def attention(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
