@@ -124,12 +124,29 @@ def cmd_merge(args: list[str]) -> int:
     return 0
 
 
+def cmd_compare(argv: list[str]) -> int:
+    """The regression gate: python -m harness compare BASE NEW [options]."""
+    from harness.compare_cli import run_compare
+
+    return run_compare(argv)
+
+
+def cmd_export(argv: list[str]) -> int:
+    """Write a run's rows as pytest-benchmark JSON: python -m harness export RUN [--out FILE]."""
+    from harness.compare_cli import run_export
+
+    return run_export(argv)
+
+
 COMMANDS = {
     "check": (cmd_check, "numerical agreement of every variant with the float64 oracle"),
     "measure": (cmd_measure, "measure a grid of cases in this process and print the rows"),
     "sweep": (cmd_sweep, "the main job: a Hydra-configured sweep that keeps every row"),
     "merge": (cmd_merge, "combine run directories or a multirun's shards into one"),
+    "compare": (cmd_compare, "regression gate between two result sets, with exit codes"),
+    "export": (cmd_export, "write a run's rows as pytest-benchmark JSON"),
 }
+OWN_OPTIONS = ("compare", "export")  # commands that parse their own --options
 
 
 def parser() -> argparse.ArgumentParser:
@@ -140,6 +157,10 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
+        if name in OWN_OPTIONS:  # its own parser prints its --help
+            p = sub.add_parser(name, help=help_text, add_help=False)
+            p.add_argument("overrides", nargs=argparse.REMAINDER)
+            continue
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("overrides", nargs="*",
                        help="Hydra overrides such as dtypes=[fp32] (sweep: -m for multirun)")
@@ -148,6 +169,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Dispatch a subcommand; configuration errors exit 2 before any work is done."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in OWN_OPTIONS:  # their own parsers see their arguments untouched
+        return COMMANDS[argv[0]][0](argv[1:])
     args, extra = parser().parse_known_args(argv)  # extra: -m and the like, for Hydra
     args.overrides = [*args.overrides, *extra]
     func = COMMANDS[args.command][0]

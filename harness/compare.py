@@ -1,24 +1,35 @@
-"""Compare two sets of rows case by case: the statistical core of the regression gate.
+"""Compare two result sets case by case: the statistical core of the regression gate.
 
-Groundwork for ``python -m harness compare`` (issue 5; not wired to the CLI yet). Cases match
-by their full key. A case is ``worse`` only if the ratio of medians passes ``factor`` AND a
-two-sided Mann-Whitney U test on the per-block times is significant after Benjamini-Hochberg
-control over the whole grid (``scipy.stats``); beyond the factor but not significant is ``~``.
-Fewer than ``min_samples`` blocks on either side is ``inconclusive``, never a silent pass.
-Peak memory is compared separately with a tight relative tolerance.
+Cases match by their full key. A case is ``worse`` only if the ratio of medians passes
+``factor`` AND a two-sided Mann-Whitney U test on the per-block times is significant after
+Benjamini-Hochberg control over the whole grid (``scipy.stats``); beyond the factor but not
+significant is ``~``. Fewer than ``min_samples`` blocks on either side is ``inconclusive``,
+never a silent pass. Peak memory is compared separately with a tight relative tolerance.
+
+Normalised mode divides every time by a reference measured in the same run: the median of
+another variant at the same shape (``sdpa``, say) or the run's measured GEMM roof. The README
+says when that is sound. Sets whose fingerprints differ on a hard key are ``not comparable``
+unless the caller compares across machines on purpose; so is a case whose variant
+definition (semantics and REVISION) changed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 
 from scipy import stats
 
+from harness.results import ResultSet
 from harness.rows import Row
 
 FAILING = frozenset({"oom", "error", "mismatch", "crashed", "timeout"})
 MEASURED = frozenset({"ok", "mismatch"})
+ROOF = "roof"  # the reference that divides by the run's measured GEMM roof
+REGRESSION = ("worse", "now failing")
+#: display order, most urgent first
+STATES = ("worse", "now failing", "not comparable", "inconclusive", "~", "fixed", "better",
+          "new", "gone", "same")
 
 
 @dataclass(frozen=True)
@@ -29,6 +40,7 @@ class Gate:
     alpha: float = 0.002  # false-discovery rate over the grid (asv's p level)
     min_samples: int = 6  # per side, as asv requires for its rank test
     memory_tolerance: float = 0.02  # relative growth of peak memory that counts
+    memory_floor_mib: float = 0.05  # ... and absolute growth (allocator granularity)
 
 
 @dataclass(frozen=True)
@@ -36,87 +48,198 @@ class Verdict:
     """One matched (or unmatched) case and its state."""
 
     key: str
-    label: str
-    state: str  # worse better same ~ new gone "now failing" fixed inconclusive
-    ratio: float | None = None  # new median / base median
+    case: str  # human-readable: label dtype mode mask B H N D
+    variant: str  # the variant's label (name@preset)
+    state: str
+    ratio: float | None = None  # new / base of the medians (normalised when asked)
     p_value: float | None = None
     q_value: float | None = None  # Benjamini-Hochberg adjusted
-    memory_ratio: float | None = None
-    memory_worse: bool = False
+    base_ms: float | None = None  # raw medians, as measured
+    new_ms: float | None = None
+    base_samples: int = 0
+    new_samples: int = 0
+    memory_ratio: float | None = None  # the larger of fwd and fwd+bwd peak ratios
+    memory_state: str = ""  # "worse", "better" or ""
     reason: str = ""
 
 
+def describe(row: Row) -> str:
+    """A case in words: ``sdpa fp32 fwd causal B=1 H=4 N=128 D=64``."""
+    if not row.mode:  # a foreign pytest-benchmark entry
+        return row.label
+    n = f"N={row.nq}" if row.nq == row.nk else f"Nq={row.nq} Nk={row.nk}"
+    mask = "causal" if row.causal else "full"
+    return (f"{row.label} {row.device} {row.dtype} {row.mode} {mask} B={row.b} H={row.h} {n} "
+            f"D={row.d}")
+
+
+def hard_differences(base: ResultSet, new: ResultSet) -> list[str]:
+    """Hard fingerprint keys both sets know and that differ, in words."""
+    keys = sorted(base.hard.keys() & new.hard.keys())
+    return [f"{k}: {base.hard[k]!r} vs {new.hard[k]!r}" for k in keys
+            if base.hard[k] is not None and new.hard[k] is not None
+            and base.hard[k] != new.hard[k]]
+
+
+def _shape(row: Row) -> tuple[object, ...]:
+    return (row.device, row.dtype, row.mode, row.causal, row.b, row.h, row.nq, row.nk, row.d)
+
+
+def scales(rows: Iterable[Row], reference: str | None) -> dict[str, float | str]:
+    """Per key: the factor that normalises its times, or why there is none."""
+    rows = list(rows)
+    if reference is None:
+        return {r.key: 1.0 for r in rows}
+    if reference == ROOF:
+        return {r.key: r.roof_gflops if r.roof_gflops else "no measured roof in this row"
+                for r in rows}
+    refs = {_shape(r): r.median_ms for r in rows
+            if r.label == reference and r.status == "ok" and r.median_ms}
+    return {r.key: 1.0 / refs[_shape(r)] if _shape(r) in refs
+            else f"no ok {reference!r} row at this shape" for r in rows}
+
+
 def _status_state(base: Row, new: Row) -> str | None:
-    """States decided by statuses alone, or None when both were measured."""
-    if base.status in MEASURED and new.status in FAILING - {"mismatch"}:
+    """States decided by statuses alone, or None when both were measured alike."""
+    b_in, n_in = base.status in MEASURED, new.status in MEASURED
+    if b_in and n_in:
+        if base.status == "ok" and new.status == "mismatch":
+            return "now failing"
+        return "fixed" if (base.status, new.status) == ("mismatch", "ok") else None
+    if b_in:
         return "now failing"
-    if base.status == "ok" and new.status == "mismatch":
-        return "now failing"
-    if base.status in FAILING and new.status == "ok":
+    if n_in:
         return "fixed"
-    if base.status not in MEASURED or new.status not in MEASURED:
-        return "same"  # e.g. unavailable or skipped on both sides
-    return None
+    return "now failing" if new.status in FAILING and base.status not in FAILING else "same"
 
 
-def _memory(base: Row, new: Row, gate: Gate) -> tuple[float | None, bool]:
-    peaks = [(b, n) for b, n in ((base.peak_fwd_mib, new.peak_fwd_mib),
+def _memory(base: Row, new: Row, gate: Gate) -> tuple[float | None, str]:
+    pairs = [(b, n) for b, n in ((base.peak_fwd_mib, new.peak_fwd_mib),
                                  (base.peak_fwd_bwd_mib, new.peak_fwd_bwd_mib)) if b and n]
-    if not peaks:
-        return None, False
-    ratio = max(n / b for b, n in peaks)
-    return ratio, ratio > 1 + gate.memory_tolerance
+    if not pairs:
+        return None, ""
+    b, n = max(pairs, key=lambda p: p[1] / p[0])
+    if n > b * (1 + gate.memory_tolerance) and n - b > gate.memory_floor_mib:
+        return n / b, "worse"
+    low = min(pairs, key=lambda p: p[1] / p[0])
+    if low[1] < low[0] / (1 + gate.memory_tolerance) and low[0] - low[1] > gate.memory_floor_mib:
+        return low[1] / low[0], "better"
+    return n / b, ""
 
 
 def _time_state(ratio: float, q: float, gate: Gate) -> str:
-    beyond = ratio > gate.factor or ratio < 1 / gate.factor
-    if not beyond:
+    if not (ratio > gate.factor or ratio < 1 / gate.factor):
         return "same"
     if q >= gate.alpha:
         return "~"
     return "worse" if ratio > 1 else "better"
 
 
-def compare_rows(
-    base: Iterable[Row], new: Iterable[Row], gate: Gate | None = None
-) -> list[Verdict]:
-    """A verdict per case key present on either side."""
+def _judge(b: Row, n: Row, gate: Gate, scale: tuple[float | str, float | str],
+           reference: str | None, blocked: str) -> Verdict:
+    """A matched case's verdict; state "" with a p-value when the time test must decide."""
+    common = {"key": b.key, "case": describe(n), "variant": n.label, "base_ms": b.median_ms,
+              "new_ms": n.median_ms, "base_samples": len(b.times_ms),
+              "new_samples": len(n.times_ms)}
+    b_def, n_def = b.extra.get("definition"), n.extra.get("definition")
+    if blocked or (b_def and n_def and b_def != n_def):
+        why = blocked or f"variant definition changed: {b_def!r} -> {n_def!r}"
+        return Verdict(**common, state="not comparable", reason=why)
+    state = _status_state(b, n)
+    if state is not None:
+        why = f"{b.status} -> {n.status}"
+        if state == "now failing" and n.reason:
+            why += f": {n.reason.strip().splitlines()[0][:200]}"
+        return Verdict(**common, state=state, reason=why)
+    memory_ratio, memory_state = _memory(b, n, gate)
+    common |= {"memory_ratio": memory_ratio, "memory_state": memory_state}
+    if reference is not None and n.label == reference:
+        return Verdict(**common, state="same", reason="the normalisation reference: not judged")
+    for side, s in zip(("base", "new"), scale, strict=True):
+        if isinstance(s, str):
+            return Verdict(**common, state="inconclusive", reason=f"{side}: {s}")
+    if min(len(b.times_ms), len(n.times_ms)) < gate.min_samples:
+        note = n.extra.get("note") or b.extra.get("note") or ""
+        why = (f"{len(b.times_ms)} and {len(n.times_ms)} samples; {gate.min_samples} a side "
+               f"needed (min_samples=) {note}").strip()
+        return Verdict(**common, state="inconclusive", reason=why)
+    b_scale, n_scale = float(scale[0]), float(scale[1])
+    ratio = (n.median_ms * n_scale) / (b.median_ms * b_scale)
+    p = stats.mannwhitneyu([t * n_scale for t in n.times_ms], [t * b_scale for t in b.times_ms],
+                           alternative="two-sided").pvalue
+    return Verdict(**common, state="", ratio=ratio, p_value=float(p))
+
+
+def _unmatched(row: Row, state: str) -> Verdict:
+    ms = row.median_ms
+    return Verdict(row.key, describe(row), row.label, state, reason=row.status,
+                   base_ms=ms if state == "gone" else None, new_ms=ms if state == "new" else None)
+
+
+def compare_rows(base: Iterable[Row], new: Iterable[Row], gate: Gate | None = None,
+                 reference: str | None = None, blocked: str = "") -> list[Verdict]:
+    """A verdict per case key present on either side (``blocked``: why none is comparable)."""
     gate = gate or Gate()
-    old = {r.key: r for r in base}
-    cur = {r.key: r for r in new}
+    old, cur = {r.key: r for r in base}, {r.key: r for r in new}
+    old_scale, cur_scale = scales(old.values(), reference), scales(cur.values(), reference)
     verdicts: dict[str, Verdict] = {}
-    tests: list[tuple[str, float, float, float | None, bool]] = []
     for key in old.keys() | cur.keys():
-        if key not in cur:
-            verdicts[key] = Verdict(key, old[key].label, "gone")
+        if key not in cur or key not in old:
+            verdicts[key] = _unmatched(old[key], "gone") if key in old else _unmatched(
+                cur[key], "new")
             continue
-        if key not in old:
-            verdicts[key] = Verdict(key, cur[key].label, "new")
-            continue
-        b, n = old[key], cur[key]
-        state = _status_state(b, n)
-        mem_ratio, mem_worse = _memory(b, n, gate) if state is None else (None, False)
-        if state is not None:
-            verdicts[key] = Verdict(key, n.label, state, reason=f"{b.status} -> {n.status}")
-        elif min(len(b.times_ms), len(n.times_ms)) < gate.min_samples:
-            verdicts[key] = Verdict(key, n.label, "inconclusive", memory_ratio=mem_ratio,
-                                    memory_worse=mem_worse,
-                                    reason=f"fewer than {gate.min_samples} samples a side")
-        else:
-            p = stats.mannwhitneyu(n.times_ms, b.times_ms, alternative="two-sided").pvalue
-            tests.append((key, n.median_ms / b.median_ms, float(p), mem_ratio, mem_worse))
-    if tests:
-        qs = stats.false_discovery_control([t[2] for t in tests], method="bh")
-        for (key, ratio, p, mem_ratio, mem_worse), q in zip(tests, qs, strict=True):
-            state = _time_state(ratio, float(q), gate)
-            verdicts[key] = Verdict(key, cur[key].label, state, ratio, p, float(q), mem_ratio,
-                                    mem_worse)
+        verdicts[key] = _judge(old[key], cur[key], gate, (old_scale[key], cur_scale[key]),
+                               reference, blocked)
+    tested = [v for v in verdicts.values() if v.state == ""]
+    if tested:
+        qs = stats.false_discovery_control([v.p_value for v in tested], method="bh")
+        for v, q in zip(tested, qs, strict=True):
+            verdicts[v.key] = replace(v, state=_time_state(v.ratio, float(q), gate),
+                                      q_value=float(q))
     return [verdicts[k] for k in sorted(verdicts)]
 
 
-def exit_code(verdicts: Iterable[Verdict]) -> int:
-    """0 pass, 1 regression (time, memory or now failing), 3 inconclusive."""
-    verdicts = list(verdicts)
-    if any(v.state in ("worse", "now failing") or v.memory_worse for v in verdicts):
-        return 1
-    return 3 if any(v.state == "inconclusive" for v in verdicts) else 0
+@dataclass(frozen=True)
+class Comparison:
+    """Every verdict, and what the comparison was made under."""
+
+    verdicts: tuple[Verdict, ...]
+    gate: Gate
+    reference: str | None = None
+    differences: tuple[str, ...] = ()  # hard fingerprint keys that differ
+    across_machines: bool = False
+
+    def counts(self) -> dict[str, int]:
+        """Number of cases per state, in display order."""
+        found = [v.state for v in self.verdicts]
+        return {s: found.count(s) for s in STATES if s in found}
+
+    def exit_code(self) -> int:
+        """0 pass, 1 regression (time, memory or now failing), 2 not comparable, 3 inconclusive."""
+        states = {v.state for v in self.verdicts}
+        if states & set(REGRESSION) or any(v.memory_state == "worse" for v in self.verdicts):
+            return 1
+        if "not comparable" in states:
+            return 2
+        return 3 if "inconclusive" in states else 0
+
+
+def compare(base: ResultSet, new: ResultSet, gate: Gate | None = None,
+            reference: str | None = None, across_machines: bool = False) -> Comparison:
+    """Compare two result sets; differing hard fingerprints block it unless across_machines."""
+    gate = gate or Gate()
+    diffs = hard_differences(base, new)
+    blocked = ""
+    if diffs and not across_machines:
+        blocked = "fingerprints differ (" + "; ".join(diffs) + ")"
+    verdicts = compare_rows(base.rows, new.rows, gate, reference, blocked)
+    return Comparison(tuple(verdicts), gate, reference, tuple(diffs), across_machines)
+
+
+def geometric_means(verdicts: Sequence[Verdict]) -> dict[str, tuple[float, int]]:
+    """Per variant: the geometric mean of its judged ratios and how many there were."""
+    ratios: dict[str, list[float]] = {}
+    for v in verdicts:
+        if v.ratio is not None:
+            ratios.setdefault(v.variant, []).append(v.ratio)
+    return {name: (float(stats.gmean(r)), len(r)) for name, r in sorted(ratios.items())}

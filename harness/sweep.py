@@ -11,6 +11,7 @@ unless ``force``).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sys
 from collections.abc import Iterable
 from dataclasses import replace
@@ -25,6 +26,7 @@ from harness.cases import Case
 from harness.config import SweepSettings
 from harness.fingerprint import fingerprint
 from harness.grid import cases
+from harness.interop import to_pytest_benchmark
 from harness.measure import base_row
 from harness.memory import MIB
 from harness.rows import Row
@@ -120,6 +122,8 @@ def run_sweep(s: SweepSettings, out_dir: Path, resolved: dict[str, Any],
                                       cases_total=len(all_cases)))
     rows = store.rows()
     write_csv(rows, out_dir / "rows.csv")
+    write_pytest_benchmark(rows, out_dir / "pytest_benchmark.json",
+                           (store.read_manifest() or {}).get("fingerprint", {}))
     print_summary(rows, out_dir, out)
     return rows
 
@@ -151,6 +155,11 @@ def write_csv(rows: Iterable[Row], path: Path) -> None:
         data["times_ms"] = " ".join(f"{t:.6g}" for t in row.times_ms)
         records.append(data)
     pd.DataFrame(records).to_csv(path, index=False)
+
+
+def write_pytest_benchmark(rows: list[Row], path: Path, fp: dict[str, Any]) -> None:
+    """The derived pytest-benchmark JSON (for github-action-benchmark and its compare)."""
+    path.write_text(json.dumps(to_pytest_benchmark(rows, fp), indent=1, default=str) + "\n")
 
 
 def print_summary(rows: list[Row], out_dir: Path, out: TextIO) -> None:

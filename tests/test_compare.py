@@ -1,20 +1,25 @@
-"""The compare core: states from statuses and statistics, memory, and exit codes."""
+"""The regression gate: states, statistics, normalisation, fingerprints and memory."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import replace
 
-from harness.compare import Gate, compare_rows, exit_code
+from harness.compare import Gate, compare, compare_rows, geometric_means, scales
+from harness.results import ResultSet
 from harness.rows import Row
 
+HARD = {"device": "cpu", "device_model": "Test CPU", "python": "3.11.7", "torch": "2.13.0"}
 
-def row(key: str, times: list[float], status: str = "ok", peak: float = 10.0) -> Row:
+
+def row(key: str, times: list[float], status: str = "ok", peak: float = 10.0,
+        label: str | None = None, n: int = 8, **kw: object) -> Row:
     """A synthetic row with given block times (ms) and forward peak (MiB)."""
     med = sorted(times)[len(times) // 2] if times else None
-    return Row(key=key, variant="v", label=key, config={}, device="cpu", dtype="fp32",
-               mode="fwd", causal=False, b=1, h=1, nq=8, nk=8, d=8, status=status,
-               times_ms=tuple(times), median_ms=med, samples=len(times), peak_fwd_mib=peak)
+    return Row(key=key, variant=label or key, label=label or key, config={}, device="cpu",
+               dtype="fp32", mode="fwd", causal=False, b=1, h=1, nq=n, nk=n, d=8,
+               status=status, times_ms=tuple(times), median_ms=med, samples=len(times),
+               peak_fwd_mib=peak if status == "ok" else None, **kw)
 
 
 def noisy(center: float, n: int = 20, seed: int = 0) -> list[float]:
@@ -23,48 +28,163 @@ def noisy(center: float, n: int = 20, seed: int = 0) -> list[float]:
     return [center * (1 + rnd.uniform(-0.03, 0.03)) for _ in range(n)]
 
 
+def states(base: list[Row], new: list[Row], **kw: object) -> dict[str, str]:
+    """key -> state of compare_rows."""
+    return {v.key: v.state for v in compare_rows(base, new, **kw)}
+
+
+def sides(base: list[Row], new: list[Row], new_hard: dict | None = None) -> tuple:
+    """Two ResultSets with the test fingerprint (or another one for new)."""
+    return (ResultSet("base", tuple(base), ("base",), HARD),
+            ResultSet("new", tuple(new), ("new",), new_hard or HARD))
+
+
 def test_slowdown_is_worse_and_same_is_same() -> None:
     """1.5x slower is worse; same distribution is same; exit 1."""
     base = [row("a", noisy(10, seed=1)), row("b", noisy(10, seed=2))]
     new = [row("a", noisy(15, seed=3)), row("b", noisy(10, seed=4))]
-    states = {v.key: v.state for v in compare_rows(base, new)}
-    assert states == {"a": "worse", "b": "same"}
-    assert exit_code(compare_rows(base, new)) == 1
+    assert states(base, new) == {"a": "worse", "b": "same"}
+    assert compare(*sides(base, new)).exit_code() == 1
 
 
 def test_faster_is_better_and_passes() -> None:
     """1.5x faster is better; exit 0."""
-    v = compare_rows([row("a", noisy(15, seed=1))], [row("a", noisy(10, seed=2))])
-    assert v[0].state == "better" and exit_code(v) == 0
+    c = compare(*sides([row("a", noisy(15, seed=1))], [row("a", noisy(10, seed=2))]))
+    assert c.verdicts[0].state == "better" and c.exit_code() == 0
 
 
 def test_beyond_factor_but_not_significant_is_tilde() -> None:
-    """A 20% shift buried in noise is '~', not worse."""
-    rnd = random.Random(5)
-    base = [10 * (1 + rnd.uniform(-0.8, 0.8)) for _ in range(6)]
-    new = [12 * (1 + rnd.uniform(-0.8, 0.8)) for _ in range(6)]
-    v = compare_rows([row("a", base)], [row("a", new)])
-    assert v[0].state in ("~", "same") and exit_code(v) == 0
+    """A 20% shift buried in noise is '~', never worse."""
+    base = [5.0, 15.0, 8.0, 12.0, 10.0, 9.0, 11.0]
+    new = [1.2 * t for t in base]  # every sample 20% slower, ranks thoroughly mixed
+    v = compare_rows([row("a", base)], [row("a", new)])[0]
+    assert v.state == "~" and v.ratio > 1.1 and v.q_value >= Gate().alpha
+
+
+def test_within_factor_is_same_even_if_significant() -> None:
+    """A 5% shift with tight samples is significant but under the factor: same."""
+    v = compare_rows([row("a", noisy(10, seed=1))], [row("a", noisy(10.5, seed=2))])[0]
+    assert v.state == "same" and v.p_value < 0.01
+
+
+def test_false_discovery_control_spans_the_grid() -> None:
+    """q-values are Benjamini-Hochberg adjusted p-values: never below the raw p."""
+    base = [row(f"k{i}", noisy(10, n=7, seed=i)) for i in range(30)]
+    new = [row(f"k{i}", noisy(11.5, n=7, seed=100 + i)) for i in range(30)]
+    for v in compare_rows(base, new):
+        assert v.q_value >= v.p_value
 
 
 def test_too_few_samples_is_inconclusive() -> None:
-    """Fewer than min_samples blocks a side: inconclusive, exit 3."""
-    v = compare_rows([row("a", [10.0, 10.1])], [row("a", [20.0, 20.2])])
-    assert v[0].state == "inconclusive" and exit_code(v) == 3
+    """Fewer than min_samples blocks a side: inconclusive, exit 3, the reason says so."""
+    base, new = [row("a", [10.0, 10.1])], [row("a", [20.0, 20.2])]
+    c = compare(*sides(base, new))
+    assert c.verdicts[0].state == "inconclusive" and c.exit_code() == 3
+    assert "2 and 2 samples; 6 a side needed" in c.verdicts[0].reason
 
 
 def test_status_transitions_new_and_gone() -> None:
     """ok -> oom is now failing; error -> ok is fixed; unmatched keys are new / gone."""
     base = [row("f", noisy(10)), row("x", [], status="error"), row("g", noisy(10))]
-    new = [row("f", [], status="oom"), row("x", noisy(10)), row("n", noisy(10))]
-    states = {v.key: v.state for v in compare_rows(base, new)}
-    assert states == {"f": "now failing", "x": "fixed", "g": "gone", "n": "new"}
-    assert exit_code(compare_rows(base, new)) == 1
+    new = [row("f", [], status="oom", reason="out of memory"), row("x", noisy(10)),
+           row("n", noisy(10))]
+    assert states(base, new) == {"f": "now failing", "x": "fixed", "g": "gone", "n": "new"}
+    assert compare(*sides(base, new)).exit_code() == 1
+
+
+def test_ok_to_mismatch_unavailable_or_skipped_is_now_failing() -> None:
+    """Losing a measurement in any way fails; unavailable on both sides is same."""
+    base = [row("m", noisy(10)), row("u", noisy(10)), row("s", noisy(10)),
+            row("both", [], status="unavailable"), row("err", [], status="unavailable")]
+    new = [row("m", noisy(10), status="mismatch"), row("u", [], status="unavailable"),
+           row("s", [], status="skipped"), row("both", [], status="unavailable"),
+           row("err", [], status="error")]
+    assert states(base, new) == {"m": "now failing", "u": "now failing", "s": "now failing",
+                                 "both": "same", "err": "now failing"}
 
 
 def test_memory_growth_is_flagged_separately() -> None:
-    """20% more peak memory with the same time is a regression."""
-    base = row("a", noisy(10, seed=1), peak=100.0)
-    new = replace(row("a", noisy(10, seed=2)), peak_fwd_mib=120.0)
-    v = compare_rows([base], [new], Gate())
-    assert v[0].state == "same" and v[0].memory_worse and exit_code(v) == 1
+    """20% more peak memory with the same time is a regression; 1% is not."""
+    base = [row("a", noisy(10, seed=1), peak=100.0), row("b", noisy(10, seed=3), peak=100.0)]
+    new = [row("a", noisy(10, seed=2), peak=120.0), row("b", noisy(10, seed=4), peak=101.0)]
+    c = compare(*sides(base, new))
+    by = {v.key: v for v in c.verdicts}
+    assert by["a"].state == "same" and by["a"].memory_state == "worse"
+    assert by["b"].memory_state == "" and c.exit_code() == 1
+
+
+def test_tiny_memory_jitter_under_the_floor_is_ignored() -> None:
+    """+10% of a 0.1 MiB peak is below the 0.05 MiB floor."""
+    v = compare_rows([row("a", noisy(10), peak=0.1)], [row("a", noisy(10), peak=0.11)])[0]
+    assert v.memory_state == ""
+
+
+def test_changed_definition_is_not_comparable() -> None:
+    """Same key, different definition (semantics or REVISION): not comparable, exit 2."""
+    base = [row("a", noisy(10), extra={"definition": "softmax attention; revision 0"})]
+    new = [row("a", noisy(30), extra={"definition": "softmax attention; revision 1"})]
+    c = compare(*sides(base, new))
+    assert c.verdicts[0].state == "not comparable" and "revision 1" in c.verdicts[0].reason
+    assert c.exit_code() == 2
+
+
+def test_regression_outranks_not_comparable() -> None:
+    """A real regression elsewhere still exits 1."""
+    base = [row("a", noisy(10), extra={"definition": "x"}), row("b", noisy(10, seed=1))]
+    new = [row("a", noisy(10), extra={"definition": "y"}), row("b", noisy(20, seed=2))]
+    assert compare(*sides(base, new)).exit_code() == 1
+
+
+def uniform_slowdown(factor: float, seed: int) -> list[Row]:
+    """Three variants at two shapes; every time scaled by factor (a slower machine)."""
+    rows = []
+    for n in (8, 16):
+        for name, ms in (("sdpa", 1.0), ("naive", 2.0), ("linear", 3.0)):
+            rows.append(row(f"{name}-{n}", noisy(ms * n * factor, seed=seed + n + len(name)),
+                            label=name, n=n, roof_gflops=100 / factor))
+    return rows
+
+
+def test_other_machine_is_not_comparable_without_the_flag() -> None:
+    """Differing hard keys: every matched case is not comparable, naming the key."""
+    base, new = uniform_slowdown(1.0, 0), uniform_slowdown(1.6, 50)
+    c = compare(*sides(base, new, {**HARD, "device_model": "Slow CPU"}))
+    assert {v.state for v in c.verdicts} == {"not comparable"} and c.exit_code() == 2
+    assert "device_model: 'Test CPU' vs 'Slow CPU'" in c.verdicts[0].reason
+
+
+def test_normalised_comparison_across_machines_is_sound() -> None:
+    """A uniformly 1.6x slower machine: raw says worse, normalised by sdpa or roof: same."""
+    base, new = uniform_slowdown(1.0, 0), uniform_slowdown(1.6, 50)
+    pair = sides(base, new, {**HARD, "device_model": "Slow CPU"})
+    raw = compare(*pair, across_machines=True)
+    assert {v.state for v in raw.verdicts} == {"worse"}
+    for reference in ("sdpa", "roof"):
+        c = compare(*pair, reference=reference, across_machines=True)
+        assert c.exit_code() == 0, c.counts()
+        judged = [v for v in c.verdicts if v.ratio is not None]
+        assert all(abs(v.ratio - 1) < 0.05 for v in judged)
+    ref = {v.key: v for v in compare(*pair, reference="sdpa", across_machines=True).verdicts}
+    assert ref["sdpa-8"].ratio is None and "reference" in ref["sdpa-8"].reason
+
+
+def test_normalised_still_catches_a_real_regression() -> None:
+    """On the slower machine, naive is also 1.5x slower in its own right: worse."""
+    base, new = uniform_slowdown(1.0, 0), uniform_slowdown(1.6, 50)
+    new = [replace(r, times_ms=tuple(t * 1.5 for t in r.times_ms), median_ms=r.median_ms * 1.5)
+           if r.label == "naive" else r for r in new]
+    c = compare(*sides(base, new, {**HARD, "device_model": "Slow CPU"}), reference="sdpa",
+                across_machines=True)
+    assert {v.variant for v in c.verdicts if v.state == "worse"} == {"naive"}
+    assert geometric_means(c.verdicts)["naive"][0] > 1.4
+
+
+def test_missing_reference_is_inconclusive() -> None:
+    """No ok sdpa row at a shape: that shape cannot be normalised."""
+    base = uniform_slowdown(1.0, 0)
+    new = [replace(r, status="error", times_ms=(), median_ms=None) if r.key == "sdpa-16"
+           else r for r in uniform_slowdown(1.0, 9)]
+    found = scales(new, "sdpa")
+    assert isinstance(found["naive-16"], str) and isinstance(found["naive-8"], float)
+    by = {v.key: v.state for v in compare_rows(base, new, reference="sdpa")}
+    assert by["naive-16"] == "inconclusive" and by["sdpa-16"] == "now failing"
