@@ -107,20 +107,25 @@ def _hydra_sweep(overrides: list[str]) -> None:
     task()
 
 
-def cmd_merge(args: list[str]) -> int:
-    """Combine run directories (e.g. a multirun's shards) into one: merge TARGET SOURCE..."""
+def cmd_merge(argv: list[str]) -> int:
+    """Combine run directories (a multirun's shards, or replicates) into one."""
     from harness.store import StoreError, merge_runs
 
-    if len(args) < 2:
-        print("error: usage: python -m harness merge TARGET SOURCE [SOURCE ...]", file=sys.stderr)
-        return USAGE_ERROR
-    target, sources = Path(args[0]), [Path(a) for a in args[1:]]
+    p = argparse.ArgumentParser(prog="python -m harness merge",
+                                description=COMMANDS["merge"][1])
+    p.add_argument("target", type=Path, help="run directory to create or extend")
+    p.add_argument("sources", type=Path, nargs="+", help="run directories or shard folders")
+    p.add_argument("--pick", choices=("first", "median"), default="first",
+                   help="for a key in several sources: the first row, or the row with the "
+                        "median time (replicates of one grid: a robust baseline)")
+    args = p.parse_args(argv)
     try:
-        written, dropped = merge_runs(sources, target)
+        written, dropped = merge_runs(args.sources, args.target, args.pick)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return USAGE_ERROR
-    print(f"{written} rows merged into {target} ({dropped} duplicate keys dropped)")
+    print(f"{written} rows merged into {args.target} ({dropped} rows of keys already "
+          f"present dropped)")
     return 0
 
 
@@ -142,11 +147,11 @@ COMMANDS = {
     "check": (cmd_check, "numerical agreement of every variant with the float64 oracle"),
     "measure": (cmd_measure, "measure a grid of cases in this process and print the rows"),
     "sweep": (cmd_sweep, "the main job: a Hydra-configured sweep that keeps every row"),
-    "merge": (cmd_merge, "combine run directories or a multirun's shards into one"),
+    "merge": (cmd_merge, "combine run directories (shards, or replicates) into one"),
     "compare": (cmd_compare, "regression gate between two result sets, with exit codes"),
     "export": (cmd_export, "write a run's rows as pytest-benchmark JSON"),
 }
-OWN_OPTIONS = ("compare", "export")  # commands that parse their own --options
+OWN_OPTIONS = ("merge", "compare", "export")  # commands that parse their own --options
 
 
 def parser() -> argparse.ArgumentParser:

@@ -26,6 +26,8 @@ from harness.rows import Row
 FAILING = frozenset({"oom", "error", "mismatch", "crashed", "timeout"})
 MEASURED = frozenset({"ok", "mismatch"})
 ROOF = "roof"  # the reference that divides by the run's measured GEMM roof
+MACHINE_KEYS = frozenset({"device_model"})  # relaxed by across_machines
+VERSION_KEYS = frozenset({"python", "torch", "xformers"})  # relaxed by across_versions
 REGRESSION = ("worse", "now failing")
 #: display order, most urgent first
 STATES = ("worse", "now failing", "not comparable", "inconclusive", "~", "fixed", "better",
@@ -73,12 +75,12 @@ def describe(row: Row) -> str:
             f"D={row.d}")
 
 
-def hard_differences(base: ResultSet, new: ResultSet) -> list[str]:
-    """Hard fingerprint keys both sets know and that differ, in words."""
+def hard_differences(base: ResultSet, new: ResultSet) -> dict[str, str]:
+    """Hard fingerprint keys both sets know and that differ: key -> the two values in words."""
     keys = sorted(base.hard.keys() & new.hard.keys())
-    return [f"{k}: {base.hard[k]!r} vs {new.hard[k]!r}" for k in keys
+    return {k: f"{k}: {base.hard[k]!r} vs {new.hard[k]!r}" for k in keys
             if base.hard[k] is not None and new.hard[k] is not None
-            and base.hard[k] != new.hard[k]]
+            and base.hard[k] != new.hard[k]}
 
 
 def _shape(row: Row) -> tuple[object, ...]:
@@ -206,8 +208,10 @@ class Comparison:
     verdicts: tuple[Verdict, ...]
     gate: Gate
     reference: str | None = None
-    differences: tuple[str, ...] = ()  # hard fingerprint keys that differ
-    across_machines: bool = False
+    differences: tuple[str, ...] = ()  # hard fingerprint keys that differ, in words
+    blocked: str = ""  # why nothing was compared (differences not allowed), or ""
+    allowed: tuple[str, ...] = ()  # "machines", "versions": differences compared on purpose
+    confirmed_by: str = ""  # the result set regressions had to reproduce in, if any
 
     def counts(self) -> dict[str, int]:
         """Number of cases per state, in display order."""
@@ -225,15 +229,38 @@ class Comparison:
 
 
 def compare(base: ResultSet, new: ResultSet, gate: Gate | None = None,
-            reference: str | None = None, across_machines: bool = False) -> Comparison:
-    """Compare two result sets; differing hard fingerprints block it unless across_machines."""
+            reference: str | None = None, across_machines: bool = False,
+            across_versions: bool = False) -> Comparison:
+    """Compare two result sets; differing hard fingerprint keys block it unless allowed:
+    ``across_machines`` allows another device model, ``across_versions`` other versions of
+    Python, torch and xformers."""
     gate = gate or Gate()
     diffs = hard_differences(base, new)
-    blocked = ""
-    if diffs and not across_machines:
-        blocked = "fingerprints differ (" + "; ".join(diffs) + ")"
+    allowed = (MACHINE_KEYS if across_machines else set()) | (
+        VERSION_KEYS if across_versions else set())
+    refused = [text for key, text in diffs.items() if key not in allowed]
+    blocked = "fingerprints differ (" + "; ".join(refused) + ")" if refused else ""
     verdicts = compare_rows(base.rows, new.rows, gate, reference, blocked)
-    return Comparison(tuple(verdicts), gate, reference, tuple(diffs), across_machines)
+    flags = ("machines",) * across_machines + ("versions",) * across_versions
+    return Comparison(tuple(verdicts), gate, reference, tuple(diffs.values()), blocked, flags)
+
+
+def confirm(first: Comparison, again: Comparison, name: str) -> Comparison:
+    """Keep a regression of ``first`` only where ``again`` (a second new run against the same
+    base) shows it too; a transient disturbance rarely hits the same case twice."""
+    second = {v.key: v for v in again.verdicts}
+    verdicts = []
+    for v in first.verdicts:
+        w = second.get(v.key)
+        if v.state in REGRESSION and (w is None or w.state != v.state):
+            seen = w.state if w else "missing"
+            v = replace(v, state="~", reason=f"{v.reason}; not reproduced in {name} "
+                        f"({seen})".lstrip("; "))
+        if v.memory_state == "worse" and (w is None or w.memory_state != "worse"):
+            v = replace(v, memory_state="", reason=f"{v.reason}; memory growth not "
+                        f"reproduced in {name}".lstrip("; "))
+        verdicts.append(v)
+    return replace(first, verdicts=tuple(verdicts), confirmed_by=name)
 
 
 def geometric_means(verdicts: Sequence[Verdict]) -> dict[str, tuple[float, int]]:

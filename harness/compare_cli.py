@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from harness.compare import ROOF, Gate, compare
+from harness.compare import ROOF, Comparison, Gate, compare, confirm
 from harness.compare_tables import markdown, terminal, to_json
 from harness.interop import to_pytest_benchmark
 from harness.results import ResultSet, load
@@ -51,7 +51,11 @@ def compare_parser() -> argparse.ArgumentParser:
                    help="divide each time by a reference from the same run: a variant label "
                         "at the same shape (e.g. sdpa) or 'roof' (the measured GEMM roof)")
     p.add_argument("--across-machines", action="store_true",
-                   help="compare even when hard fingerprint keys differ (use --normalise)")
+                   help="compare even when the device model differs (use --normalise)")
+    p.add_argument("--across-versions", action="store_true",
+                   help="compare even when Python, torch or xformers versions differ")
+    p.add_argument("--confirm", type=Path, metavar="PATH",
+                   help="a second new run: a regression counts only if it shows there too")
     p.add_argument("--markdown", type=Path, metavar="FILE", help="write GitHub markdown here")
     p.add_argument("--json", type=Path, metavar="FILE", help="write every verdict as JSON here")
     p.add_argument("--all", action="store_true", help="also list the cases that are 'same'")
@@ -100,21 +104,33 @@ def run_compare(argv: list[str]) -> int:
         gate = gate_of(args)
         base = load([args.base, *args.base_extra], name=str(args.base))
         new = load([args.new, *args.new_extra], name=str(args.new))
-        check_reference(args.normalise, [base, new])
+        again = load([args.confirm]) if args.confirm else None
+        check_reference(args.normalise, [base, new, *([again] if again else [])])
     except (UsageError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return USAGE_ERROR
-    result = compare(base, new, gate, args.normalise, args.across_machines)
-    if result.differences and not args.across_machines:
+    result = _compare(args, gate, base, new, again)
+    if result.blocked:
         print("\n".join(terminal(result, base, new).splitlines()[:5]))
         print("not comparable: results from differently fingerprinted machines or software. "
-              "Pass --across-machines, with --normalise sdpa (or roof), to compare anyway.")
+              "--across-machines (with --normalise sdpa or roof) or --across-versions "
+              "compares them on purpose.")
     else:
         print(terminal(result, base, new, show_same=args.all))
     _write(args.markdown, markdown(result, base, new))
     _write(args.json, json.dumps(to_json(result, base, new), indent=1, allow_nan=False,
                                  default=str) + "\n")
     return result.exit_code()
+
+
+def _compare(args: argparse.Namespace, gate: Gate, base: ResultSet, new: ResultSet,
+             again: ResultSet | None) -> Comparison:
+    """compare(), then confirm() against the second run when one was given."""
+    def against(side: ResultSet) -> Comparison:
+        return compare(base, side, gate, args.normalise, args.across_machines,
+                       args.across_versions)
+    result = against(new)
+    return confirm(result, against(again), again.name) if again is not None else result
 
 
 def run_export(argv: list[str]) -> int:

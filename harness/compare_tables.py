@@ -60,8 +60,11 @@ def header(c: Comparison, base: ResultSet, new: ResultSet) -> list[str]:
     lines = [f"compare: {VERDICT[code]} (exit {code}): {counts}",
              f"base: {_side(base)}", f"new:  {_side(new)}", _setting(c)]
     if c.differences:
-        what = "compared anyway (--across-machines)" if c.across_machines else "not compared"
+        on_purpose = "compared on purpose (across " + " and ".join(c.allowed) + ")"
+        what = "not compared" if c.blocked else on_purpose
         lines.append(f"hard fingerprint keys differ, {what}: " + "; ".join(c.differences))
+    if c.confirmed_by:
+        lines.append(f"regressions had to reproduce in {c.confirmed_by}")
     return lines
 
 
@@ -117,7 +120,8 @@ def to_json(c: Comparison, base: ResultSet, new: ResultSet) -> dict[str, Any]:
     return {
         "exit_code": c.exit_code(), "verdict": VERDICT[c.exit_code()], "counts": c.counts(),
         "gate": dataclasses.asdict(c.gate), "reference": c.reference,
-        "across_machines": c.across_machines, "differences": list(c.differences),
+        "allowed_differences": list(c.allowed), "differences": list(c.differences),
+        "blocked": c.blocked, "confirmed_by": c.confirmed_by,
         "base": side(base), "new": side(new),
         "geometric_means": {k: {"ratio": g, "cases": n}
                             for k, (g, n) in geometric_means(c.verdicts).items()},

@@ -143,26 +143,37 @@ def find_runs(paths: list[Path]) -> list[Path]:
     return found
 
 
-def merge_runs(sources: list[Path], target: Path) -> tuple[int, int]:
-    """Combine shards into one run directory; rows with a key already present are dropped.
+def _median_row(rows: list[Row]) -> Row:
+    """The row whose median time is the median of the rows' (a robust pick of replicates)."""
+    timed = sorted((r for r in rows if r.median_ms is not None), key=lambda r: r.median_ms)
+    return timed[(len(timed) - 1) // 2] if timed else rows[0]
 
-    Returns (rows written, duplicates dropped). The manifest lists the sources and their
-    manifests, so each shard's fingerprint is kept.
+
+def merge_runs(sources: list[Path], target: Path, pick: str = "first") -> tuple[int, int]:
+    """Combine shards into one run directory.
+
+    Rows with a key already present (in the target or an earlier source) are dropped with
+    ``pick="first"``; with ``pick="median"`` (replicates of one grid: a robust baseline) each
+    key keeps the row whose median time is the median of its replicates. Returns (rows
+    written, rows dropped). The manifest lists the sources and their manifests, so each
+    shard's fingerprint is kept.
     """
+    if pick not in ("first", "median"):
+        raise StoreError(f"pick: {pick!r} is not allowed; allowed: ['first', 'median']")
     runs = find_runs(sources)  # before anything is created
     store = RunStore.open(target)
     seen = store.done_keys()
-    written = dropped = 0
+    grouped: dict[str, list[Row]] = {}
     manifests = {}
     for run in runs:
         manifests[str(run)] = RunStore(run).read_manifest()
         for row in read_rows(run):
-            if row.key in seen:
-                dropped += 1
-                continue
-            seen.add(row.key)
-            store.append(row)
-            written += 1
-    store.write_manifest({"merged_from": manifests, "rows": len(seen),
+            if row.key not in seen:
+                grouped.setdefault(row.key, []).append(row)
+    chosen = [_median_row(g) if pick == "median" else g[0] for g in grouped.values()]
+    for row in chosen:
+        store.append(row)
+    total = sum(len(g) for g in grouped.values())
+    store.write_manifest({"merged_from": manifests, "pick": pick, "rows": len(seen) + len(chosen),
                           "counts": dict(iter_status_counts(store.rows()))})
-    return written, dropped
+    return len(chosen), total - len(chosen)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
-from harness.compare import Gate, compare, compare_rows, geometric_means, scales
+from harness.compare import Gate, compare, compare_rows, confirm, geometric_means, scales
 from harness.results import ResultSet
 from harness.rows import Row
 
@@ -188,3 +188,26 @@ def test_missing_reference_is_inconclusive() -> None:
     assert isinstance(found["naive-16"], str) and isinstance(found["naive-8"], float)
     by = {v.key: v.state for v in compare_rows(base, new, reference="sdpa")}
     assert by["naive-16"] == "inconclusive" and by["sdpa-16"] == "now failing"
+
+
+def test_across_machines_does_not_excuse_other_versions() -> None:
+    """Another torch blocks even across machines; --across-versions allows it."""
+    base, new = uniform_slowdown(1.0, 0), uniform_slowdown(1.0, 50)
+    pair = sides(base, new, {**HARD, "device_model": "Other", "torch": "2.12.0"})
+    c = compare(*pair, across_machines=True)
+    assert c.exit_code() == 2 and "torch: '2.13.0' vs '2.12.0'" in c.blocked
+    assert "device_model" not in c.blocked
+    assert compare(*pair, across_machines=True, across_versions=True).exit_code() == 0
+
+
+def test_confirmation_keeps_only_reproduced_regressions() -> None:
+    """worse in the first new run only is '~' after confirm; worse in both stays worse."""
+    base = [row("a", noisy(10, seed=1)), row("b", noisy(10, seed=2), peak=10.0)]
+    first = [row("a", noisy(15, seed=3)), row("b", noisy(15, seed=4), peak=13.0)]
+    again = [row("a", noisy(10, seed=5)), row("b", noisy(15, seed=6), peak=10.0)]
+    c1, c2 = compare(*sides(base, first)), compare(*sides(base, again))
+    assert c1.exit_code() == 1
+    done = {v.key: v for v in confirm(c1, c2, "run2").verdicts}
+    assert done["a"].state == "~" and "not reproduced in run2 (same)" in done["a"].reason
+    assert done["b"].state == "worse" and done["b"].memory_state == ""
+    assert confirm(c1, c2, "run2").exit_code() == 1

@@ -205,3 +205,15 @@ def test_foreign_pytest_benchmark_json(tmp_path: Path, capsys) -> None:
     (tmp_path / "b.json").write_text(json.dumps(doc))
     code, out, _ = run(["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")], capsys)
     assert code == 3 and "--benchmark-save-data" in out
+
+
+def test_confirm_run_filters_a_transient(tmp_path: Path, capsys) -> None:
+    """A slowdown that the --confirm run does not show: exit 0, and the table says why."""
+    a = write_run(tmp_path / "a", grid(seed=0))
+    b = write_run(tmp_path / "b", grid(seed=7, slow="naive"))
+    c = write_run(tmp_path / "c", grid(seed=9))
+    assert run(["compare", str(a), str(b)], capsys)[0] == 1
+    code, out, _ = run(["compare", str(a), str(b), "--confirm", str(c)], capsys)
+    assert code == 0 and "not reproduced in" in out and "regressions had to reproduce" in out
+    code, out, _ = run(["compare", str(a), str(b), "--confirm", str(b)], capsys)
+    assert code == 1

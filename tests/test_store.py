@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,18 @@ def test_status_counts() -> None:
     """Counts per status in first-seen order."""
     rows = [row(1), row(2, "oom"), row(3), row(4, "error")]
     assert list(iter_status_counts(rows)) == [("ok", 2), ("oom", 1), ("error", 1)]
+
+
+def test_merge_pick_median_keeps_the_middle_replicate(tmp_path: Path) -> None:
+    """Three replicates of a key: --pick median keeps the one with the median time."""
+    from harness.store import merge_runs
+
+    for i, ms in enumerate((3.0, 1.0, 2.0)):
+        store = RunStore.open(tmp_path / f"r{i}")
+        store.append(replace(row(1), median_ms=ms))
+        store.append(replace(row(10 + i), median_ms=ms))
+    written, dropped = merge_runs([tmp_path / f"r{i}" for i in range(3)], tmp_path / "m",
+                                  pick="median")
+    merged = {r.key: r.median_ms for r in read_rows(tmp_path / "m")}
+    assert merged == {"case-1": 2.0, "case-10": 3.0, "case-11": 1.0, "case-12": 2.0}
+    assert (written, dropped) == (4, 2)
