@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test test-slow bench lint
+.PHONY: run test test-slow bench lint gate baseline gate-proof
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,3 +36,19 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+# The CI regression gate (.ci/gate): a smoke sweep against results/baseline/smoke.
+gate: $(STAMP)
+	.ci/gate
+
+# Refresh the committed baseline: three smoke sweeps, each case's median replicate kept.
+baseline: $(STAMP)
+	rm -rf results/baseline/smoke results/baseline/replicates
+	for i in 1 2 3; do $(PY) -m harness sweep sweep=smoke \
+		results_dir=results/baseline/replicates/$$i > /dev/null || exit 1; done
+	$(PY) -m harness merge --pick median results/baseline/smoke results/baseline/replicates
+	rm -rf results/baseline/replicates
+
+# The gate's proofs and calibration (A/A pairs, injected slowdown and memory): a few minutes.
+gate-proof: $(STAMP)
+	$(PY) -m tests.bench.gate_proof --runs 10 --out results/gate-proof
