@@ -5,16 +5,20 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test test-slow bench lint gate baseline gate-proof
+.PHONY: run check test test-slow bench lint gate baseline gate-proof
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The main job: the default sweep, then its report (the newest run under results/).
 run: $(STAMP)
-	$(PY) -m harness check
 	$(PY) -m harness sweep
+	$(PY) -m harness report
+
+check: $(STAMP)
+	$(PY) -m harness check
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow"

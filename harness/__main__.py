@@ -143,6 +143,13 @@ def cmd_export(argv: list[str]) -> int:
     return run_export(argv)
 
 
+def cmd_report(argv: list[str]) -> int:
+    """report.md and figures for runs: python -m harness report [RUN ...] [--out DIR]."""
+    from harness.report import run_report
+
+    return run_report(argv)
+
+
 COMMANDS = {
     "check": (cmd_check, "numerical agreement of every variant with the float64 oracle"),
     "measure": (cmd_measure, "measure a grid of cases in this process and print the rows"),
@@ -150,8 +157,9 @@ COMMANDS = {
     "merge": (cmd_merge, "combine run directories (shards, or replicates) into one"),
     "compare": (cmd_compare, "regression gate between two result sets, with exit codes"),
     "export": (cmd_export, "write a run's rows as pytest-benchmark JSON"),
+    "report": (cmd_report, "report.md with tables and figures (PNG, SVG) for runs"),
 }
-OWN_OPTIONS = ("merge", "compare", "export")  # commands that parse their own --options
+OWN_OPTIONS = ("merge", "compare", "export", "report")  # commands that parse their own --options
 
 
 def parser() -> argparse.ArgumentParser:

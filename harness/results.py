@@ -28,6 +28,7 @@ class ResultSet:
     hard: dict[str, Any] = field(default_factory=dict)
     soft: dict[str, Any] = field(default_factory=dict)
     duplicates: int = 0  # rows whose key an earlier shard already had (the first is kept)
+    manifests: tuple[dict[str, Any], ...] = ()  # each run's manifest (preset, times, config)
 
 
 def _fingerprints(manifest: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -81,19 +82,21 @@ def _merge_hard(fingerprints: list[dict[str, Any]], name: str) -> dict[str, Any]
     return hard
 
 
-def _read_one(path: Path) -> tuple[list[Row], list[dict[str, Any]], list[str]]:
-    """Rows, fingerprints and source names behind one path."""
+def _read_one(path: Path) -> tuple[list[Row], list[dict[str, Any]], list[str], list[dict]]:
+    """Rows, fingerprints, source names and manifests behind one path."""
     if path.is_file():
         rows, fps = _read_json_file(path)
-        return rows, fps, [str(path)]
+        return rows, fps, [str(path)], []
     if not path.exists():
         raise StoreError(f"{path}: no such file or directory")
-    rows, fps, sources = [], [], []
+    rows, fps, sources, manifests = [], [], [], []
     for run in find_runs([path]):
         rows.extend(read_rows(run))
-        fps.extend(_fingerprints(_read_manifest(run)))
+        manifest = _read_manifest(run)
+        fps.extend(_fingerprints(manifest))
         sources.append(str(run))
-    return rows, fps, sources
+        manifests.extend([manifest] if manifest else [])
+    return rows, fps, sources, manifests
 
 
 def load(paths: list[Path], name: str | None = None) -> ResultSet:
@@ -102,9 +105,11 @@ def load(paths: list[Path], name: str | None = None) -> ResultSet:
     rows: dict[str, Row] = {}
     fingerprints: list[dict[str, Any]] = []
     sources: list[str] = []
+    manifests: list[dict[str, Any]] = []
     duplicates = 0
     for path in map(Path, paths):
-        found, fps, srcs = _read_one(path)
+        found, fps, srcs, mans = _read_one(path)
+        manifests.extend(mans)
         if not found:
             raise StoreError(f"{path}: no rows (an empty run: nothing to compare)")
         for row in found:
@@ -114,4 +119,4 @@ def load(paths: list[Path], name: str | None = None) -> ResultSet:
         sources.extend(srcs)
     soft = fingerprints[0].get("soft", {}) if fingerprints else {}
     return ResultSet(name, tuple(rows.values()), tuple(sources),
-                     _merge_hard(fingerprints, name), soft, duplicates)
+                     _merge_hard(fingerprints, name), soft, duplicates, tuple(manifests))

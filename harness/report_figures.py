@@ -1,0 +1,243 @@
+"""Report figures, each saved as PNG and SVG: time, peak memory, speedup and efficiency per
+setting (one panel per batch size), and numerical error against the oracle for the whole run.
+
+Matplotlib's object API (``Figure``) is used, not pyplot: no global state, no GUI backend.
+Colours are fixed per variant label across every figure of a report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
+
+from harness.report_data import (
+    CELL_STATUS,
+    MEASURED,
+    Setting,
+    expected_mib,
+    peak_mib,
+    quartiles,
+    series,
+)
+from harness.rows import Row
+
+N_LABEL = "sequence length N (tokens)"
+PALETTE = [f"C{i}" for i in range(10)] + ["#8c564b", "#393b79", "#637939", "#8c6d31", "#843c39"]
+
+
+def colours(labels: Sequence[str]) -> dict[str, str]:
+    """A fixed colour per variant label."""
+    return {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(sorted(set(labels)))}
+
+
+def save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
+    """Write the figure as PNG and SVG; return both paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.png", out_dir / f"{name}.svg"]
+    fig.savefig(paths[0], dpi=110, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None})
+    return paths
+
+
+def _panels(batches: list[int], title: str, width: float = 5.2) -> tuple[Figure, list[Axes]]:
+    fig = Figure(figsize=(width * len(batches), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(batches), squeeze=False)[0]
+    fig.suptitle(title)
+    for ax, b in zip(axes, batches, strict=True):
+        ax.set_title(f"B={b}")
+    return fig, list(axes)
+
+
+def _empty(ax: Axes, what: str = "no measured rows") -> None:
+    ax.text(0.5, 0.5, what, ha="center", va="center", transform=ax.transAxes, color="grey")
+
+
+def _n_axis(ax: Axes, rows: list[Row]) -> None:
+    """Log-2 N axis ticked at the measured N, written out (256, not 2^8)."""
+    ax.set_xscale("log", base=2)
+    ns = sorted({r.nq for r in rows})
+    if ns:
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel(N_LABEL)
+
+
+def _log_axes(ax: Axes, ylabel: str, rows: list[Row]) -> None:
+    _n_axis(ax, rows)
+    ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _legend(ax: Axes, outside: bool = False) -> None:
+    """A legend inside the axes, or outside to the right (many variants on a line plot)."""
+    if not ax.get_legend_handles_labels()[0]:
+        return
+    if outside:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    else:
+        ax.legend(fontsize=7, loc="best")
+
+
+def time_figure(setting: Setting, rows: list[Row], names: dict[str, str],
+                colour: dict[str, str]) -> Figure:
+    """Median time vs N per variant, log-log, IQR of the block times as a band."""
+    batches = sorted({r.b for r in rows})
+    fig, axes = _panels(batches, f"Median time per call vs N: {setting.title()}")
+    by = series(rows)
+    for ax, b in zip(axes, batches, strict=True):
+        mine = {label: rs for (label, bb), rs in by.items() if bb == b}
+        for label, rs in mine.items():
+            ns = [r.nq for r in rs]
+            ax.plot(ns, [r.median_ms for r in rs], "o-", ms=3, color=colour[label],
+                    label=names[label])
+            q = [quartiles(r) or (r.median_ms, r.median_ms) for r in rs]
+            ax.fill_between(ns, [x[0] for x in q], [x[1] for x in q], color=colour[label],
+                            alpha=0.25, lw=0)
+        _log_axes(ax, "median time per call (ms); band: IQR of blocks",
+                  [r for r in rows if r.b == b])
+        if not mine:
+            _empty(ax)
+    _legend(axes[-1], outside=True)
+    return fig
+
+
+def _oom_marks(ax: Axes, rows: list[Row], colour: dict[str, str]) -> None:
+    """OOM (and predicted-OOM skips) at their expected peak, or the top of the axis."""
+    top = ax.get_ylim()[1] if ax.has_data() else 1.0
+    for r in rows:
+        predicted = r.status == "skipped" and "OOM" in r.reason.upper()
+        if r.status != "oom" and not predicted:
+            continue
+        y = expected_mib(r) or top
+        ax.plot([r.nq], [y], "X" if r.status == "oom" else "x", ms=9, color=colour[r.label],
+                mec="black" if r.status == "oom" else colour[r.label])
+
+
+def memory_figure(setting: Setting, rows: list[Row], names: dict[str, str],
+                  colour: dict[str, str]) -> Figure:
+    """Peak MiB vs N per variant, log-log; the analytic model as a thin dashed line; OOM marked."""
+    batches = sorted({r.b for r in rows})
+    fig, axes = _panels(batches, f"Peak memory vs N: {setting.title()}")
+    by = series(r for r in rows if peak_mib(r))
+    for ax, b in zip(axes, batches, strict=True):
+        mine = {label: rs for (label, bb), rs in by.items() if bb == b}
+        for label, rs in mine.items():
+            ax.plot([r.nq for r in rs], [peak_mib(r) for r in rs], "o-", ms=3,
+                    color=colour[label], label=names[label])
+            model = [(r.nq, expected_mib(r)) for r in rs if expected_mib(r)]
+            if model:
+                ax.plot(*zip(*model, strict=True), "--", lw=0.8, color=colour[label])
+        _log_axes(ax, "peak memory above inputs (MiB)", [r for r in rows if r.b == b])
+        _oom_marks(ax, [r for r in rows if r.b == b], colour)
+        if not mine:
+            _empty(ax)
+    axes[-1].plot([], [], "k--", lw=0.8, label="memory model (expected)")
+    axes[-1].plot([], [], "X", color="grey", mec="black", label="OOM (at its expected peak)")
+    axes[-1].plot([], [], "x", color="grey", label="skipped: predicted OOM")
+    _legend(axes[-1], outside=True)
+    return fig
+
+
+def _speedup_matrix(rows: list[Row], baseline: str, b: int) -> tuple[list[str], list[int],
+                                                                   np.ndarray, list[list[str]]]:
+    mine = [r for r in rows if r.b == b]
+    labels = sorted({r.label for r in mine})
+    ns = sorted({r.nq for r in mine})
+    base = {r.nq: r.median_ms for r in mine if r.label == baseline and r.status in MEASURED}
+    grid = np.full((len(labels), len(ns)), np.nan)
+    text = [[""] * len(ns) for _ in labels]
+    for r in mine:
+        i, j = labels.index(r.label), ns.index(r.nq)
+        if r.status in MEASURED and r.median_ms and r.nq in base:
+            grid[i, j] = base[r.nq] / r.median_ms
+            text[i][j] = f"{grid[i, j]:.2g}x"
+        else:
+            text[i][j] = CELL_STATUS.get(r.status, "no base") if r.status not in MEASURED \
+                else f"no {baseline}"
+    return labels, ns, grid, text
+
+
+def speedup_figure(setting: Setting, rows: list[Row], baseline: str) -> Figure:
+    """Heatmap variant x N of baseline time / variant time, annotated (>1: faster)."""
+    batches = sorted({r.b for r in rows})
+    n_labels = len({r.label for r in rows})
+    fig = Figure(figsize=(max(5.5, 1.1 * len({r.nq for r in rows}) + 3) * len(batches),
+                          0.42 * n_labels + 1.8), layout="constrained")
+    axes = fig.subplots(1, len(batches), squeeze=False)[0]
+    fig.suptitle(f"Speedup over {baseline} ({baseline} time / variant time): {setting.title()}")
+    for ax, b in zip(axes, batches, strict=True):
+        labels, ns, grid, text = _speedup_matrix(rows, baseline, b)
+        logs = np.log2(grid)
+        span = float(np.nanmax(np.abs(logs))) if np.isfinite(logs).any() else 1.0
+        image = ax.imshow(logs, cmap="RdYlGn", aspect="auto",
+                          norm=TwoSlopeNorm(0.0, -max(span, 0.1), max(span, 0.1)))
+        for i, j in np.ndindex(grid.shape):
+            ax.text(j, i, text[i][j], ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(ns)), [str(n) for n in ns])
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set_xlabel(N_LABEL)
+        ax.set_title(f"B={b}")
+        bar = fig.colorbar(image, ax=ax, shrink=0.8)
+        bar.set_label("log2 speedup (green: faster than " + baseline + ")")
+    return fig
+
+
+def efficiency_figure(setting: Setting, rows: list[Row], names: dict[str, str],
+                      colour: dict[str, str]) -> Figure:
+    """Achieved GFLOP/s as % of the GEMM roof measured in the same run, vs N."""
+    batches = sorted({r.b for r in rows})
+    fig, axes = _panels(batches, f"Efficiency (% of the measured roof): {setting.title()}")
+    by = series(r for r in rows if r.efficiency is not None)
+    roofs = sorted({round(r.roof_gflops) for r in rows if r.roof_gflops})
+    for ax, b in zip(axes, batches, strict=True):
+        mine = {label: rs for (label, bb), rs in by.items() if bb == b}
+        for label, rs in mine.items():
+            ax.plot([r.nq for r in rs], [100 * r.efficiency for r in rs], "o-", ms=3,
+                    color=colour[label], label=names[label])
+        _n_axis(ax, [r for r in rows if r.b == b])
+        ax.set_ylabel(f"% of roof ({', '.join(map(str, roofs))} GFLOP/s)")
+        ax.grid(True, alpha=0.3)
+        if not mine:
+            _empty(ax, "no efficiency (no roof or FLOP model)")
+    _legend(axes[-1], outside=True)
+    return fig
+
+
+def error_figure(rows: list[Row], colour: dict[str, str]) -> Figure:
+    """Max |error| against the float64 oracle per variant and dtype, and error / allowed."""
+    checked = [r for r in rows if r.check_max_abs is not None and r.check_allowed]
+    labels = sorted({r.label for r in checked})
+    dtypes = sorted({r.dtype for r in checked})
+    fig = Figure(figsize=(max(8.0, 0.9 * len(labels) + 3), 4.8), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    fig.suptitle("Numerical error against the float64 oracle (worst tensor of each case)")
+    markers = dict(zip(dtypes, "os^Dv", strict=False))
+    for k, dtype in enumerate(dtypes):
+        for i, label in enumerate(labels):
+            mine = [r for r in checked if r.label == label and r.dtype == dtype]
+            x = i + (k - (len(dtypes) - 1) / 2) * 0.18
+            xs = np.full(len(mine), x)
+            left.scatter(xs, [r.check_max_abs for r in mine], s=12, marker=markers[dtype],
+                         color=colour[label])
+            left.scatter(xs, [r.check_allowed for r in mine], s=60, marker="_", color="black")
+            right.scatter(xs, [r.check_max_abs / r.check_allowed for r in mine], s=12,
+                          marker=markers[dtype], color=colour[label])
+        right.scatter([], [], marker=markers[dtype], color="grey", label=dtype)
+    left.scatter([], [], marker="_", color="black", s=60, label="allowed (tolerance)")
+    right.axhline(1.0, color="red", ls="--", lw=1, label="tolerance: error = allowed")
+    for ax, ylabel in ((left, "max |error| (output units)"), (right, "max |error| / allowed")):
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, axis="y", alpha=0.3)
+        _legend(ax) if labels else _empty(ax, "no oracle checks in these rows")
+    return fig
+
+

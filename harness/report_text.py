@@ -1,0 +1,123 @@
+"""The report's text blocks: fingerprint, what is missing, variants and their configs, scaling
+exponents and crossovers, and the markdown table helper they share."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+from harness.report_data import MEASURED, Scaling
+from harness.results import ResultSet
+from harness.rows import Row
+
+
+def md_table(head: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
+    """GitHub markdown table lines; the first column left-aligned, the others right."""
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+    rule = "|---|" + "---:|" * (len(head) - 1)
+    return [line(head), rule, *(line(r) for r in body)]
+
+
+def _config_text(config: dict, defaults: dict | None) -> str:
+    shown = {k: v for k, v in config.items() if defaults is None or defaults.get(k) != v}
+    return ", ".join(f"{k}={v}" for k, v in shown.items())
+
+
+def _defaults(variant: str) -> dict | None:
+    """The variant's default Config as a dict, or None for a variant the registry lacks."""
+    import dataclasses
+
+    import variants
+
+    if variant not in variants.REGISTRY:
+        return None
+    return dataclasses.asdict(variants.get(variant).config_cls())
+
+
+def legend_names(rows: Sequence[Row]) -> dict[str, str]:
+    """label -> legend text: the label plus the config fields that differ from its defaults."""
+    names = {}
+    for r in rows:
+        if r.label not in names:
+            diff = _config_text(r.config, _defaults(r.variant)) if r.config else ""
+            names[r.label] = f"{r.label} ({diff})" if diff else r.label
+    return names
+
+
+def variant_lines(rows: Sequence[Row]) -> list[str]:
+    """A table of every variant label, its full config and what it computes."""
+    seen: dict[str, Row] = {}
+    for r in rows:
+        seen.setdefault(r.label, r)
+    body = [[label, _config_text(r.config, None) or "(none)",
+             str(r.extra.get("definition", ""))] for label, r in sorted(seen.items())]
+    table = md_table(["variant", "config", "computes"], body)
+    table[1] = "|---|---|---|"
+    return ["## Variants", "", *table]
+
+
+def fingerprint_lines(results: ResultSet) -> list[str]:
+    """The run's fingerprint and provenance in a few lines."""
+    hard, soft = results.hard, results.soft
+    man = results.manifests[0] if results.manifests else {}
+    lines = [
+        f"- **Machine**: {hard.get('device', '?')} / {hard.get('device_model', '?')}; "
+        f"{soft.get('cpu_count', '?')} CPUs, {soft.get('threads', '?')} threads; "
+        f"flags {', '.join(soft.get('cpu_flags', [])) or '?'}"
+        + (f"; GPU {soft['gpu_name']}" if soft.get("gpu_name") else ""),
+        f"- **Software**: Python {hard.get('python', '?')}, torch {hard.get('torch', '?')}, "
+        f"xformers {hard.get('xformers', '?')}; attnbench {soft.get('attnbench', '?')} at "
+        f"{str(soft.get('git_commit') or '?')[:12]}{' (dirty)' if soft.get('git_dirty') else ''}",
+        f"- **Run**: preset {man.get('preset', '?')}, started {man.get('started', '?')}, "
+        f"finished {man.get('finished', '?')} ({man.get('status', '?')}); "
+        f"{len(results.rows)} rows from {len(results.sources)} run directory(ies)",
+    ]
+    env = soft.get("env") or {}
+    if env:
+        lines.append("- **Environment**: " + ", ".join(f"{k}={v}" for k, v in env.items()))
+    return lines
+
+
+def missing_lines(rows: Sequence[Row], baseline: str) -> list[str]:
+    """What the run does not show, and why: statuses, reasons, single N, absent baseline."""
+    counts = Counter(r.status for r in rows)
+    lines = ["## What is measured and what is missing", "",
+             "Rows by status: " + ", ".join(f"{n} {s}" for s, n in counts.most_common()) + "."]
+    reasons = Counter((r.label, r.status, r.reason.strip().splitlines()[0][:200] if r.reason
+                       else "") for r in rows if r.status not in MEASURED)
+    for (label, status, reason), n in sorted(reasons.items()):
+        lines.append(f"- {label}: {status} in {n} case(s){': ' + reason if reason else ''}")
+    mismatched = sorted({r.label for r in rows if r.status == "mismatch"})
+    if mismatched:
+        lines.append(f"- **Oracle mismatch** (timed, but wrong): {', '.join(mismatched)}")
+    ns = sorted({r.nq for r in rows if r.status in MEASURED})
+    if len(ns) < 2:
+        lines.append(f"- Only {len(ns)} measured N ({ns}): no scaling exponents or crossovers.")
+    if not any(r.label == baseline for r in rows):
+        lines.append(f"- The speedup baseline {baseline!r} is not in this run: no heatmaps "
+                     "(--baseline picks another).")
+    if not any(r.check_max_abs is not None for r in rows):
+        lines.append("- No oracle checks in these rows (check=false): the error figure is empty.")
+    return lines
+
+
+def _slope(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def scaling_lines(table: Sequence[Scaling], exact: Sequence[str]) -> list[str]:
+    """The fitted exponents and crossover N, one line per variant, setting and batch size."""
+    head = ["setting", "B", "variant", "N range", "exponent (all N)", "exponent (top 3 N)",
+            *(f"faster than {e} from N" for e in exact)]
+    body = [[s.setting.title(), str(s.b), s.label, f"{s.ns[0]}-{s.ns[-1]} ({len(s.ns)})",
+             _slope(s.slope), _slope(s.tail_slope), *(s.crossovers.get(e, "") for e in exact)]
+            for s in table]
+    table_lines = md_table(head, body)
+    table_lines[1] = "|---|---:|---|---|" + "---:|" * (len(head) - 4)
+    return ["## Scaling exponents and crossovers", "",
+            "Slope of log(median time) against log(N), by least squares: about 2 for exact "
+            "attention, about 1 for linear and windowed forms once fixed overheads fade (the "
+            "top-3 column). Crossover: the N from which a sub-quadratic variant stays faster "
+            "than the exact one, interpolated on log-log axes between measured N.", "",
+            *table_lines]
