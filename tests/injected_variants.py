@@ -13,34 +13,23 @@ the same case, slower or bigger.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from tests.bad_variants.common import (  # noqa: F401  (the contract's boilerplate)
+    PRESETS,
+    SUPPORTS,
+    Config,
+    computes,
+    unavailable_reason,
+)
 from variants import naive
-from variants.contract import SoftmaxAttention, Supports, always_available
 
 NAME = "injected"
 SLOWDOWN = "ATTNBENCH_INJECT_SLOWDOWN"
 MEMORY = "ATTNBENCH_INJECT_MEMORY"
 
-
-@dataclass(frozen=True)
-class Config:
-    """No settings: the injection comes from the environment."""
-
-
-PRESETS: dict[str, Config] = {}
-SUPPORTS = Supports()
-
-
-def computes(cfg: Config) -> SoftmaxAttention:
-    """Exact softmax attention, like naive."""
-    return SoftmaxAttention()
-
-
-unavailable_reason = always_available
 expected_peak_bytes = naive.expected_peak_bytes
 
 
