@@ -15,6 +15,7 @@ definition (semantics and REVISION) changed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
@@ -40,7 +41,7 @@ class Gate:
 
     factor: float = 1.10  # ratio of medians that counts as a change
     alpha: float = 0.002  # false-discovery rate over the grid (asv's p level)
-    min_samples: int = 6  # per side, as asv requires for its rank test
+    min_samples: int = 8  # per side: the fewest at which the rank test can reach alpha
     memory_tolerance: float = 0.02  # relative growth of peak memory that counts
     memory_floor_mib: float = 0.05  # ... and absolute growth (allocator granularity)
 
@@ -129,12 +130,37 @@ def _memory(base: Row, new: Row, gate: Gate) -> tuple[float | None, str]:
     return n / b, ""
 
 
-def _time_state(ratio: float, q: float, gate: Gate) -> str:
+def smallest_p(n: int, m: int) -> float:
+    """The smallest two-sided Mann-Whitney p-value n and m samples can give (fully separated)."""
+    return float(stats.mannwhitneyu(range(n), range(n, n + m), alternative="two-sided").pvalue)
+
+
+def _time_state(v: Verdict, q: float, gate: Gate, tests: int) -> tuple[str, str]:
+    """(state, reason) from the ratio and the BH-adjusted q over ``tests`` tests."""
+    ratio = v.ratio
     if not (ratio > gate.factor or ratio < 1 / gate.factor):
-        return "same"
-    if q >= gate.alpha:
-        return "~"
-    return "worse" if ratio > 1 else "better"
+        return "same", v.reason
+    if q < gate.alpha:
+        return ("worse" if ratio > 1 else "better"), v.reason
+    floor = smallest_p(v.base_samples, v.new_samples)
+    if v.p_value <= floor * 1.0001:
+        return "~", (f"samples fully separated, but {v.base_samples} and {v.new_samples} "
+                     f"blocks cannot reach q < {gate.alpha:g} over {tests} tests: more blocks "
+                     "(min_samples) would decide")
+    return "~", v.reason
+
+
+def _samples_problem(b: Row, n: Row, gate: Gate) -> str | None:
+    """Why the time test cannot run on these rows, or None."""
+    counts = (len(b.times_ms), len(n.times_ms))
+    if min(counts) < gate.min_samples:
+        note = n.extra.get("note") or b.extra.get("note") or ""
+        return (f"{counts[0]} and {counts[1]} samples; {gate.min_samples} a side needed "
+                f"(min_samples=) {note}").strip()
+    values = [b.median_ms, n.median_ms, *b.times_ms, *n.times_ms]
+    if not all(isinstance(x, int | float) and math.isfinite(x) and x > 0 for x in values):
+        return "a median or block time that is missing, zero, negative or not finite"
+    return None
 
 
 def _judge(b: Row, n: Row, gate: Gate, scale: tuple[float | str, float | str],
@@ -160,11 +186,9 @@ def _judge(b: Row, n: Row, gate: Gate, scale: tuple[float | str, float | str],
     for side, s in zip(("base", "new"), scale, strict=True):
         if isinstance(s, str):
             return Verdict(**common, state="inconclusive", reason=f"{side}: {s}")
-    if min(len(b.times_ms), len(n.times_ms)) < gate.min_samples:
-        note = n.extra.get("note") or b.extra.get("note") or ""
-        why = (f"{len(b.times_ms)} and {len(n.times_ms)} samples; {gate.min_samples} a side "
-               f"needed (min_samples=) {note}").strip()
-        return Verdict(**common, state="inconclusive", reason=why)
+    problem = _samples_problem(b, n, gate)
+    if problem:
+        return Verdict(**common, state="inconclusive", reason=problem)
     b_scale, n_scale = float(scale[0]), float(scale[1])
     ratio = (n.median_ms * n_scale) / (b.median_ms * b_scale)
     p = stats.mannwhitneyu([t * n_scale for t in n.times_ms], [t * b_scale for t in b.times_ms],
@@ -196,8 +220,8 @@ def compare_rows(base: Iterable[Row], new: Iterable[Row], gate: Gate | None = No
     if tested:
         qs = stats.false_discovery_control([v.p_value for v in tested], method="bh")
         for v, q in zip(tested, qs, strict=True):
-            verdicts[v.key] = replace(v, state=_time_state(v.ratio, float(q), gate),
-                                      q_value=float(q))
+            state, why = _time_state(v, float(q), gate, len(tested))
+            verdicts[v.key] = replace(v, state=state, reason=why, q_value=float(q))
     return [verdicts[k] for k in sorted(verdicts)]
 
 
@@ -218,12 +242,22 @@ class Comparison:
         found = [v.state for v in self.verdicts]
         return {s: found.count(s) for s in STATES if s in found}
 
+    def memory_counts(self) -> dict[str, int]:
+        """Number of cases whose peak memory is worse or better."""
+        found = [v.memory_state for v in self.verdicts if v.memory_state]
+        return {f"memory {s}": found.count(s) for s in ("worse", "better") if s in found}
+
+    def matched(self) -> int:
+        """Cases present on both sides."""
+        return sum(v.state not in ("new", "gone") for v in self.verdicts)
+
     def exit_code(self) -> int:
-        """0 pass, 1 regression (time, memory or now failing), 2 not comparable, 3 inconclusive."""
+        """0 pass, 1 regression (time, memory or now failing), 2 not comparable (or nothing
+        in common), 3 inconclusive."""
         states = {v.state for v in self.verdicts}
         if states & set(REGRESSION) or any(v.memory_state == "worse" for v in self.verdicts):
             return 1
-        if "not comparable" in states:
+        if "not comparable" in states or not self.matched():
             return 2
         return 3 if "inconclusive" in states else 0
 
@@ -247,16 +281,21 @@ def compare(base: ResultSet, new: ResultSet, gate: Gate | None = None,
 
 def confirm(first: Comparison, again: Comparison, name: str) -> Comparison:
     """Keep a regression of ``first`` only where ``again`` (a second new run against the same
-    base) shows it too; a transient disturbance rarely hits the same case twice."""
+    base) shows it too; a transient disturbance rarely hits the same case twice. A case the
+    second run lacks keeps its verdict; a second run that is not comparable blocks all."""
+    if again.blocked:
+        why = f"confirmation run {name}: {again.blocked}"
+        return replace(first, verdicts=tuple(replace(v, state="not comparable", reason=why)
+                                             for v in first.verdicts), blocked=why)
     second = {v.key: v for v in again.verdicts}
     verdicts = []
     for v in first.verdicts:
         w = second.get(v.key)
-        if v.state in REGRESSION and (w is None or w.state != v.state):
-            seen = w.state if w else "missing"
+        w = None if w is None or w.state == "gone" else w  # no evidence either way
+        if v.state in REGRESSION and w is not None and w.state not in REGRESSION:
             v = replace(v, state="~", reason=f"{v.reason}; not reproduced in {name} "
-                        f"({seen})".lstrip("; "))
-        if v.memory_state == "worse" and (w is None or w.memory_state != "worse"):
+                        f"({w.state})".lstrip("; "))
+        if v.memory_state == "worse" and w is not None and w.memory_state != "worse":
             v = replace(v, memory_state="", reason=f"{v.reason}; memory growth not "
                         f"reproduced in {name}".lstrip("; "))
         verdicts.append(v)

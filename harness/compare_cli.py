@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from harness.compare import ROOF, Comparison, Gate, compare, confirm
+from harness.compare import ROOF, Comparison, Gate, compare, confirm, smallest_p
 from harness.compare_tables import markdown, terminal, to_json
 from harness.interop import to_pytest_benchmark
 from harness.results import ResultSet, load
@@ -74,6 +74,11 @@ def gate_of(args: argparse.Namespace) -> Gate:
         raise UsageError(f"--alpha: must be in (0, 1), got {args.alpha}")
     if args.min_samples < 2:
         raise UsageError(f"--min-samples: must be >= 2, got {args.min_samples}")
+    floor = smallest_p(args.min_samples, args.min_samples)
+    if floor >= args.alpha:
+        raise UsageError(f"--min-samples {args.min_samples} cannot reach --alpha {args.alpha:g}: "
+                         f"even fully separated samples give p = {floor:.2g}; give more "
+                         "samples or a larger alpha")
     if args.memory_tolerance < 0 or args.memory_floor_mib < 0:
         raise UsageError("--memory-tolerance and --memory-floor-mib: must be >= 0")
     return Gate(args.factor, args.alpha, args.min_samples, args.memory_tolerance,
@@ -119,7 +124,7 @@ def run_compare(argv: list[str]) -> int:
         print(terminal(result, base, new, show_same=args.all))
     _write(args.markdown, markdown(result, base, new))
     _write(args.json, json.dumps(to_json(result, base, new), indent=1, allow_nan=False,
-                                 default=str) + "\n")
+                                 default=str) + "\n")  # to_json has no NaN or infinity
     return result.exit_code()
 
 

@@ -28,6 +28,11 @@ def ordered(verdicts: tuple[Verdict, ...]) -> list[Verdict]:
     return sorted(verdicts, key=key)
 
 
+def shown(v: Verdict) -> bool:
+    """Whether a verdict is listed by default: a state other than same, or a memory change."""
+    return v.state != "same" or bool(v.memory_state)
+
+
 def _num(x: float | None, fmt: str = ".3g") -> str:
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
@@ -56,7 +61,9 @@ def _side(s: ResultSet) -> str:
 def header(c: Comparison, base: ResultSet, new: ResultSet) -> list[str]:
     """Verdict, the two sides, the gate, and any fingerprint differences."""
     code = c.exit_code()
-    counts = ", ".join(f"{n} {s}" for s, n in c.counts().items())
+    counts = ", ".join(f"{n} {s}" for s, n in {**c.counts(), **c.memory_counts()}.items())
+    if not c.matched():
+        counts += " (no case in common: nothing was compared)"
     lines = [f"compare: {VERDICT[code]} (exit {code}): {counts}",
              f"base: {_side(base)}", f"new:  {_side(new)}", _setting(c)]
     if c.differences:
@@ -70,7 +77,7 @@ def header(c: Comparison, base: ResultSet, new: ResultSet) -> list[str]:
 
 def terminal(c: Comparison, base: ResultSet, new: ResultSet, show_same: bool = False) -> str:
     """A fixed-width table of the cases that are not 'same' (all with show_same)."""
-    rows = [v for v in ordered(c.verdicts) if show_same or v.state != "same"]
+    rows = [v for v in ordered(c.verdicts) if show_same or shown(v)]
     table = [("state", "ratio", "q", "base ms", "new ms", "memory", "case", "reason")]
     table += [(v.state, _num(v.ratio, ".3f"), _num(v.q_value, ".2g"), _num(v.base_ms),
                _num(v.new_ms), _memory(v), v.case, v.reason) for v in rows]
@@ -78,7 +85,8 @@ def terminal(c: Comparison, base: ResultSet, new: ResultSet, show_same: bool = F
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=False)) + "  " + r[7]
              for r in table]
     hidden = len(c.verdicts) - len(rows)
-    tail = [f"({hidden} cases 'same' not shown; --all shows them)"] if hidden else []
+    tail = [f"({hidden} cases 'same' in time and memory not shown; --all shows them)"] \
+        if hidden else []
     return "\n".join([*header(c, base, new), "", *(lines if rows else []), *tail])
 
 
@@ -93,7 +101,7 @@ def markdown(c: Comparison, base: ResultSet, new: ResultSet) -> str:
     head = header(c, base, new)
     out = [f"### attnbench compare: {VERDICT[c.exit_code()]}", "", *(f"- {x}" for x in head[1:]),
            "", "| state | cases |", "|---|---:|"]
-    out += [f"| {MARK[s]} | {n} |" for s, n in c.counts().items()]
+    out += [f"| {MARK.get(s, s)} | {n} |" for s, n in {**c.counts(), **c.memory_counts()}.items()]
     means = geometric_means(c.verdicts)
     if means:
         out += ["", "Geometric mean of new/base per variant (judged cases):", "",
@@ -101,9 +109,11 @@ def markdown(c: Comparison, base: ResultSet, new: ResultSet) -> str:
         out += [f"| {name} | {g:.3f} | {n} |" for name, (g, n) in means.items()]
     cols = ("| state | ratio | base ms | new ms | q | memory | case | reason |\n"
             "|---|---:|---:|---:|---:|---:|---|---|")
-    by_ratio = sorted(ordered(c.verdicts), key=lambda v: -(v.ratio or 0.0))  # stable
-    changed = [v for v in by_ratio if v.state != "same"]
-    same = [v for v in by_ratio if v.state == "same"]
+    first = ("now failing", "not comparable")  # no ratio, but they lead the table
+    by_ratio = sorted(ordered(c.verdicts),
+                      key=lambda v: (v.state not in first, -(v.ratio or v.memory_ratio or 0.0)))
+    changed = [v for v in by_ratio if shown(v)]
+    same = [v for v in by_ratio if not shown(v)]
     if changed:
         out += ["", cols, *map(_md_row, changed)]
     if same:
@@ -117,8 +127,10 @@ def to_json(c: Comparison, base: ResultSet, new: ResultSet) -> dict[str, Any]:
     def side(s: ResultSet) -> dict[str, Any]:
         return {"name": s.name, "sources": list(s.sources), "rows": len(s.rows),
                 "hard": s.hard, "duplicates_dropped": s.duplicates}
-    return {
+    return _finite({
         "exit_code": c.exit_code(), "verdict": VERDICT[c.exit_code()], "counts": c.counts(),
+        "memory_counts": c.memory_counts(), "matched": c.matched(),
+        "judged": sum(v.ratio is not None for v in c.verdicts),
         "gate": dataclasses.asdict(c.gate), "reference": c.reference,
         "allowed_differences": list(c.allowed), "differences": list(c.differences),
         "blocked": c.blocked, "confirmed_by": c.confirmed_by,
@@ -126,4 +138,15 @@ def to_json(c: Comparison, base: ResultSet, new: ResultSet) -> dict[str, Any]:
         "geometric_means": {k: {"ratio": g, "cases": n}
                             for k, (g, n) in geometric_means(c.verdicts).items()},
         "verdicts": [dataclasses.asdict(v) for v in ordered(c.verdicts)],
-    }
+    })
+
+
+def _finite(data: Any) -> Any:
+    """The same data with NaN and infinities as None (strict JSON)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_finite(v) for v in data]
+    return data

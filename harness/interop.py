@@ -2,8 +2,10 @@
 
 Export: one pytest-benchmark entry per measured row. Its ``stats`` (seconds, computed by
 pytest-benchmark's own ``Stats``) come from the row's per-block times, ``stats.data`` holds
-those times, and ``extra_info`` carries the whole row, so ``pytest-benchmark compare`` and
-github-action-benchmark read it and ``harness compare`` reads it back losslessly.
+those times, and ``extra_info`` carries the whole row; rows without times (failed,
+unavailable, skipped) go under a top-level key the other tools ignore. So
+``pytest-benchmark compare`` and github-action-benchmark read it and ``harness compare``
+reads it back losslessly.
 
 Import: a file written by ``pytest --benchmark-json`` becomes rows keyed by the test's
 ``fullname``. Without ``--benchmark-save-data`` the file has no raw samples, so such rows can
@@ -24,6 +26,7 @@ from harness.rows import SCHEMA_VERSION, Row
 FORMAT = "pytest-benchmark"
 VERSION = "5.3.1"  # the pytest-benchmark JSON layout we write (pinned in pyproject.toml)
 EXPORTED = ("ok", "mismatch")  # rows with times; others have nothing for these tools to plot
+UNMEASURED = "attnbench_unmeasured"
 
 
 def is_pytest_benchmark(data: Any) -> bool:
@@ -73,6 +76,9 @@ def to_pytest_benchmark(rows: list[Row], fingerprint: dict[str, Any]) -> dict[st
     return {
         "machine_info": machine, "commit_info": commit,
         "benchmarks": [_entry(r) for r in rows if r.status in EXPORTED and r.times_ms],
+        # rows with no times (failed, unavailable, skipped): pytest-benchmark ignores this key,
+        # harness compare reads it, so a case now failing does not read as merely gone
+        UNMEASURED: [r.to_dict() for r in rows if not (r.status in EXPORTED and r.times_ms)],
         "datetime": dt.datetime.now(dt.UTC).isoformat(), "version": VERSION,
     }
 
@@ -117,4 +123,5 @@ def rows_from_pytest_benchmark(doc: dict[str, Any]) -> tuple[list[Row], dict[str
             "soft": {"node": machine.get("node"), "source": FORMAT,
                      "git_commit": (doc.get("commit_info") or {}).get("id")},
         }
-    return [_row(b) for b in doc["benchmarks"]], fingerprint
+    unmeasured = [Row.from_dict(d) for d in doc.get(UNMEASURED, [])]
+    return [_row(b) for b in doc["benchmarks"]] + unmeasured, fingerprint

@@ -130,7 +130,9 @@ def run_report(argv: list[str]) -> int:
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return USAGE_ERROR
-    out = args.out or (runs[0] if (runs[0] / "rows.jsonl").exists() else runs[0] / "report")
+    first = runs[0]
+    out = args.out or (first if (first / "rows.jsonl").exists() else
+                       (first.parent if first.is_file() else first) / "report")
     out.mkdir(parents=True, exist_ok=True)
     report = build(results, out, args.baseline)
     print(f"report: {report.resolve()} (figures in {(out / 'figures').resolve()})")

@@ -5,7 +5,17 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
-from harness.compare import Gate, compare, compare_rows, confirm, geometric_means, scales
+import pytest
+
+from harness.compare import (
+    Gate,
+    compare,
+    compare_rows,
+    confirm,
+    geometric_means,
+    scales,
+    smallest_p,
+)
 from harness.results import ResultSet
 from harness.rows import Row
 
@@ -55,7 +65,7 @@ def test_faster_is_better_and_passes() -> None:
 
 def test_beyond_factor_but_not_significant_is_tilde() -> None:
     """A 20% shift buried in noise is '~', never worse."""
-    base = [5.0, 15.0, 8.0, 12.0, 10.0, 9.0, 11.0]
+    base = [5.0, 15.0, 8.0, 12.0, 10.0, 9.0, 11.0, 10.5]
     new = [1.2 * t for t in base]  # every sample 20% slower, ranks thoroughly mixed
     v = compare_rows([row("a", base)], [row("a", new)])[0]
     assert v.state == "~" and v.ratio > 1.1 and v.q_value >= Gate().alpha
@@ -69,8 +79,8 @@ def test_within_factor_is_same_even_if_significant() -> None:
 
 def test_false_discovery_control_spans_the_grid() -> None:
     """q-values are Benjamini-Hochberg adjusted p-values: never below the raw p."""
-    base = [row(f"k{i}", noisy(10, n=7, seed=i)) for i in range(30)]
-    new = [row(f"k{i}", noisy(11.5, n=7, seed=100 + i)) for i in range(30)]
+    base = [row(f"k{i}", noisy(10, n=8, seed=i)) for i in range(30)]
+    new = [row(f"k{i}", noisy(11.5, n=8, seed=100 + i)) for i in range(30)]
     for v in compare_rows(base, new):
         assert v.q_value >= v.p_value
 
@@ -80,7 +90,7 @@ def test_too_few_samples_is_inconclusive() -> None:
     base, new = [row("a", [10.0, 10.1])], [row("a", [20.0, 20.2])]
     c = compare(*sides(base, new))
     assert c.verdicts[0].state == "inconclusive" and c.exit_code() == 3
-    assert "2 and 2 samples; 6 a side needed" in c.verdicts[0].reason
+    assert "2 and 2 samples; 8 a side needed" in c.verdicts[0].reason
 
 
 def test_status_transitions_new_and_gone() -> None:
@@ -211,3 +221,56 @@ def test_confirmation_keeps_only_reproduced_regressions() -> None:
     assert done["a"].state == "~" and "not reproduced in run2 (same)" in done["a"].reason
     assert done["b"].state == "worse" and done["b"].memory_state == ""
     assert confirm(c1, c2, "run2").exit_code() == 1
+
+
+def test_confirmation_run_that_is_not_comparable_blocks() -> None:
+    """A --confirm run from another machine cannot clear anything: not comparable, exit 2."""
+    base, first = [row("a", noisy(10, seed=1))], [row("a", noisy(15, seed=3))]
+    c1 = compare(*sides(base, first))
+    c2 = compare(*sides(base, [row("a", noisy(10, seed=5))], {**HARD, "torch": "2.12.0"}))
+    done = confirm(c1, c2, "run2")
+    assert done.exit_code() == 2 and done.verdicts[0].state == "not comparable"
+
+
+def test_confirmation_run_missing_a_case_keeps_its_regression() -> None:
+    """No evidence against a regression is no reason to drop it."""
+    base = [row("a", noisy(10, seed=1)), row("b", noisy(10, seed=2))]
+    c1 = compare(*sides(base, [row("a", noisy(15, seed=3)), row("b", noisy(10, seed=4))]))
+    c2 = compare(*sides(base, [row("b", noisy(10, seed=6))]))
+    assert confirm(c1, c2, "run2").exit_code() == 1
+
+
+def test_worse_then_now_failing_is_reproduced() -> None:
+    """A case worse in one run and failing in the other is a regression both times."""
+    base = [row("a", noisy(10, seed=1))]
+    c1 = compare(*sides(base, [row("a", noisy(15, seed=3))]))
+    c2 = compare(*sides(base, [row("a", [], status="crashed")]))
+    assert confirm(c1, c2, "run2").verdicts[0].state == "worse"
+
+
+def test_nothing_in_common_is_not_a_pass() -> None:
+    """Disjoint keys: every case new or gone, exit 2."""
+    c = compare(*sides([row("a", noisy(10))], [row("b", noisy(10))]))
+    assert c.matched() == 0 and c.exit_code() == 2
+
+
+@pytest.mark.parametrize("bad", [0.0, float("nan"), float("inf")])
+def test_zero_or_non_finite_times_are_inconclusive(bad: float) -> None:
+    """A zero or NaN median or block never divides or reaches the rank test."""
+    times = noisy(10)
+    broken = replace(row("a", times), median_ms=bad)
+    v = compare_rows([row("a", times)], [broken])[0]
+    assert v.state == "inconclusive" and "not finite" in v.reason
+    v = compare_rows([row("a", times)], [row("a", [*times[:-1], bad])])[0]
+    assert v.state == "inconclusive"
+
+
+def test_separated_but_too_few_samples_says_so() -> None:
+    """8 blocks a side, fully separated, among 200 tests: BH cannot reach alpha; the reason
+    says more blocks would decide instead of a silent '~'."""
+    base = [row(f"k{i}", noisy(10, n=8, seed=i)) for i in range(200)]
+    new = [row(f"k{i}", noisy(10, n=8, seed=300 + i)) for i in range(200)]
+    new[0] = row("k0", noisy(20, n=8, seed=7))
+    v = {x.key: x for x in compare_rows(base, new)}["k0"]
+    assert v.state == "~" and "more blocks (min_samples) would decide" in v.reason
+    assert smallest_p(8, 8) == pytest.approx(2 / 12870)

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -72,11 +73,14 @@ def test_exit_1_regression_sorted_by_ratio(tmp_path: Path, capsys) -> None:
 
 
 def test_exit_1_memory(tmp_path: Path, capsys) -> None:
-    """20% more memory everywhere: exit 1 with the memory column saying worse."""
+    """20% more memory everywhere, times the same: exit 1, and every case is listed with the
+    memory column saying worse (not hidden among the 'same')."""
     a = write_run(tmp_path / "a", grid(seed=0))
     b = write_run(tmp_path / "b", grid(seed=7, peak=12.0))
-    code, out, _ = run(["compare", str(a), str(b), "--all"], capsys)
-    assert code == 1 and out.count("1.200 worse") == 4
+    code, out, _ = run(["compare", str(a), str(b), "--markdown", str(tmp_path / "m.md")], capsys)
+    assert code == 1 and out.count("1.200 worse") == 4 and "4 same, 4 memory worse" in out
+    md = (tmp_path / "m.md").read_text().split("<details>")[0]
+    assert md.count("1.200 worse") == 4
 
 
 def test_exit_2_not_comparable_then_normalised(tmp_path: Path, capsys) -> None:
@@ -94,7 +98,8 @@ def test_exit_2_not_comparable_then_normalised(tmp_path: Path, capsys) -> None:
 
 
 @pytest.mark.parametrize("problem", ["missing", "empty", "corrupt", "schema", "manifest",
-                                     "not-json", "bad-factor", "bad-reference"])
+                                     "not-json", "bad-factor", "bad-reference",
+                                     "unreachable-alpha"])
 def test_exit_2_bad_input_names_the_file(tmp_path: Path, capsys, problem: str) -> None:
     """Every unusable input exits 2 with a message naming the file (or option) and problem."""
     good = write_run(tmp_path / "good", grid())
@@ -124,6 +129,9 @@ def test_exit_2_bad_input_names_the_file(tmp_path: Path, capsys, problem: str) -
         args, expect = ["compare", str(good), str(bad)], "not a pytest-benchmark JSON file"
     elif problem == "bad-factor":
         args, expect = ["compare", str(good), str(good), "--factor", "0.9"], "--factor: must be > 1"
+    elif problem == "unreachable-alpha":
+        args = ["compare", str(good), str(good), "--min-samples", "6"]
+        expect = "--min-samples 6 cannot reach --alpha 0.002"
     elif problem == "bad-reference":
         args, expect = ["compare", str(good), str(good), "--normalise", "flash"], "--normalise:"
     code, _, err = run(args, capsys)
@@ -189,6 +197,17 @@ def test_export_round_trip_and_pytest_benchmark_reads_it(tmp_path: Path, capsys)
                            str(b / "pytest_benchmark.json")], capture_output=True, text=True,
                           check=False)
     assert done.returncode == 0 and "naive[fp32-fwd-full-B1-H1-N16-D8]" in done.stdout, done
+
+
+def test_export_keeps_failed_rows(tmp_path: Path, capsys) -> None:
+    """A case that fails in NEW stays 'now failing' through the pytest-benchmark JSON."""
+    a = write_run(tmp_path / "a", grid(seed=0))
+    broken = [replace(r, status="oom", times_ms=(), median_ms=None, reason="out of memory")
+              if r.key == "naive-16" else r for r in grid(seed=7)]
+    b = write_run(tmp_path / "b", broken)
+    assert main(["export", str(b)]) == 0
+    code, out, _ = run(["compare", str(a), str(b / "pytest_benchmark.json")], capsys)
+    assert code == 1 and "now failing" in out and "ok -> oom" in out
 
 
 def test_foreign_pytest_benchmark_json(tmp_path: Path, capsys) -> None:

@@ -193,3 +193,10 @@ def test_cli_writes_into_the_newest_run_and_refuses_empty(tmp_path: Path, capsys
     assert "report: " in capsys.readouterr().out
     assert main(["report", "--results-dir", str(tmp_path / "nothing")]) == 2
     assert "no run directories" in capsys.readouterr().err
+
+
+def test_report_of_a_pytest_benchmark_file_goes_beside_it(tmp_path: Path, capsys) -> None:
+    """RUN may be an exported JSON file: the report lands in a folder next to it."""
+    assert main(["export", str(RUN), "--out", str(tmp_path / "x.json")]) == 0
+    assert main(["report", str(tmp_path / "x.json")]) == 0
+    assert (tmp_path / "report" / "report.md").exists()
