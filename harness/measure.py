@@ -36,7 +36,7 @@ class MeasureSettings:
     """How hard to measure: timing budget, threads, and what else to collect."""
 
     min_run_time: float = 0.5
-    min_samples: int = 1  # blocks at least (the compare gate needs 6 a side)
+    min_samples: int = 1  # blocks at least (the compare gate needs 8 a side)
     threads: int | None = None  # None: torch.get_num_threads()
     check: bool = True
     check_max_scores: int = 2**22  # B*H*Nq*Nk above which the oracle runs at a smaller shape
