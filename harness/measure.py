@@ -103,7 +103,9 @@ def _time(case: Case, s: MeasureSettings, threads: int) -> dict[str, Any]:
     q, k, v, dout = make_inputs(case.shape, dtype=DTYPES[case.dtype], device=case.device,
                                 seed=s.seed)
     run = timed_callable(_attention_fn(case), q, k, v, dout, case.mode)
-    t = time_callable(run, min_run_time=s.min_run_time, threads=threads,
+    # one untimed call first: a cold first call (lazy init, allocator growth) would otherwise
+    # set blocked_autorange's block size, and with it which regime the blocks measure
+    t = time_callable(run, min_run_time=s.min_run_time, threads=threads, warmup=1,
                       min_samples=s.min_samples)
     return {
         "threads": threads, "times_ms": tuple(x * 1e3 for x in t.times_s),
