@@ -89,6 +89,7 @@ class SweepConf(MeasureConf):
     resume: str = ""  # a run directory to complete: only its missing cases run
     force: bool = False  # run cases whose predicted memory exceeds the free memory
     memory_margin: float = 0.8  # predicted peak must fit in this fraction of free memory
+    paced: bool = False  # harness ab: wait for a line on stdin before each case
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class SweepSettings:
     timeout_s: float
     force: bool
     memory_margin: float
+    paced: bool = False
 
 
 @dataclass(frozen=True)
@@ -244,7 +246,7 @@ def sweep_settings(conf: SweepConf) -> SweepSettings:
     if not 0 < conf.memory_margin <= 1:
         raise ConfigError(f"memory_margin: must be in (0, 1], got {conf.memory_margin!r}")
     return SweepSettings(grid=grid_settings(conf), preset=conf.preset, timeout_s=conf.timeout_s,
-                         force=conf.force, memory_margin=conf.memory_margin)
+                         force=conf.force, memory_margin=conf.memory_margin, paced=conf.paced)
 
 
 def check_settings(conf: CheckConf) -> CheckSettings:

@@ -130,6 +130,16 @@ def iter_status_counts(rows: list[Row]) -> Iterator[tuple[str, int]]:
     yield from counts.items()
 
 
+def measured_machine(rows: list[Row]) -> dict[str, float]:
+    """Soft fingerprint keys measured in the run: median GEMM roof (GFLOP/s) and copy GiB/s."""
+    out = {}
+    for key in ("roof_gflops", "copy_gib_s"):
+        values = sorted(getattr(r, key) for r in rows if getattr(r, key))
+        if values:
+            out[key] = values[(len(values) - 1) // 2]
+    return out
+
+
 def find_runs(paths: list[Path]) -> list[Path]:
     """Run directories at or below the given paths (a multirun's shards are subfolders)."""
     found = []

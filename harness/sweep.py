@@ -30,7 +30,7 @@ from harness.interop import to_pytest_benchmark
 from harness.measure import base_row
 from harness.memory import MIB
 from harness.rows import Row
-from harness.store import RunStore, iter_status_counts
+from harness.store import RunStore, iter_status_counts, measured_machine
 from harness.worker import Supervisor
 from variants.contract import DTYPES
 
@@ -88,8 +88,9 @@ def manifest(s: SweepSettings, resolved: dict[str, Any], store: RunStore, **extr
     """The run manifest: config, fingerprint, times and counts per status."""
     rows = store.rows()
     fp = fingerprint(s.grid.device, resolved)
+    soft = {**fp.soft, **measured_machine(rows)}
     return {
-        "preset": s.preset, "config": resolved, "fingerprint": {"hard": fp.hard, "soft": fp.soft},
+        "preset": s.preset, "config": resolved, "fingerprint": {"hard": fp.hard, "soft": soft},
         "counts": dict(iter_status_counts(rows)), "rows": len(rows), **extra,
     }
 
@@ -109,10 +110,12 @@ def run_sweep(s: SweepSettings, out_dir: Path, resolved: dict[str, Any],
     store.write_manifest(manifest(s, resolved, store, started=started, status="running",
                                   cases_total=len(all_cases)))
     status = "interrupted"
+    if s.paced:
+        _pace_signal(f"ready {len(todo)} {out_dir.resolve()}")
     try:
         _run_cases(todo, s, store, frontier)
         status = "complete"
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, PaceEnded):
         print(f"\ninterrupted: {len(store.rows())} rows kept in {out_dir}; finish them with "
               f"the same command plus resume={out_dir}", file=sys.stderr)
         raise
@@ -135,6 +138,8 @@ def _run_cases(todo: list[Case], s: SweepSettings, store: RunStore,
         total=len(todo), unit="case", file=sys.stderr, dynamic_ncols=True
     ) as bar:
         for case in todo:
+            if s.paced and not sys.stdin.readline():
+                raise PaceEnded("the driver closed stdin before every case ran")
             bar.set_postfix_str(f"{case.spec.label} {case.dtype} {case.mode} "
                                 f"causal={case.causal} B={case.b} N={case.nq}")
             reason = skip_reason(case, frontier, s, free_bytes(case.device))
@@ -145,6 +150,20 @@ def _run_cases(todo: list[Case], s: SweepSettings, store: RunStore,
             store.append(row)
             _note_oom(frontier, row)
             bar.update()
+            if s.paced:
+                _pace_signal("done")
+
+
+class PaceEnded(KeyboardInterrupt):
+    """A paced sweep's driver (harness ab) stopped sending cases: the run is interrupted."""
+
+
+PACE_PREFIX = "@attnbench-pace "  # lines a paced sweep writes for its driver (harness/ab.py)
+
+
+def _pace_signal(message: str) -> None:
+    """Tell the driver of a paced sweep where it stands (one line on stdout)."""
+    print(PACE_PREFIX + message, flush=True)
 
 
 def write_csv(rows: Iterable[Row], path: Path) -> None:
