@@ -30,6 +30,7 @@ ROOF = "roof"  # the reference that divides by the run's measured GEMM roof
 MACHINE_KEYS = frozenset({"device_model"})  # relaxed by across_machines
 VERSION_KEYS = frozenset({"python", "torch", "xformers"})  # relaxed by across_versions
 REGRESSION = ("worse", "now failing")
+LESS_ACCURATE = "less accurate"  # reported beside the time state; a mismatch is "now failing"
 #: display order, most urgent first
 STATES = ("worse", "now failing", "not comparable", "inconclusive", "~", "fixed", "better",
           "new", "gone", "same")
@@ -44,6 +45,9 @@ class Gate:
     min_samples: int = 8  # per side: the fewest at which the rank test can reach alpha
     memory_tolerance: float = 0.02  # relative growth of peak memory that counts
     memory_floor_mib: float = 0.05  # ... and absolute growth (allocator granularity)
+    error_factor: float = 2.0  # oracle error grown by more than this is "less accurate" ...
+    error_share: float = 0.25  # ... when it also exceeds this share of the allowed error
+    roof_tolerance: float = 0.15  # measured GEMM roofs further apart: warn, hosts differ
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,8 @@ class Verdict:
     new_samples: int = 0
     memory_ratio: float | None = None  # the larger of fwd and fwd+bwd peak ratios
     memory_state: str = ""  # "worse", "better" or ""
+    error_ratio: float | None = None  # new / base of the oracle's max abs error
+    accuracy_state: str = ""  # LESS_ACCURATE or ""
     reason: str = ""
 
 
@@ -130,6 +136,17 @@ def _memory(base: Row, new: Row, gate: Gate) -> tuple[float | None, str]:
     return n / b, ""
 
 
+def _accuracy(base: Row, new: Row, gate: Gate) -> tuple[float | None, str]:
+    """(new/base max abs error, LESS_ACCURATE or ""): grown past the factor and the share."""
+    b, n, allowed = base.check_max_abs, new.check_max_abs, new.check_allowed
+    if b is None or n is None or not (math.isfinite(b) and math.isfinite(n)):
+        return None, ""
+    ratio = n / b if b > 0 else (1.0 if n == 0 else math.inf)
+    if n > gate.error_factor * b and allowed and n > gate.error_share * allowed:
+        return ratio, LESS_ACCURATE
+    return ratio, ""
+
+
 def smallest_p(n: int, m: int) -> float:
     """The smallest two-sided Mann-Whitney p-value n and m samples can give (fully separated)."""
     return float(stats.mannwhitneyu(range(n), range(n, n + m), alternative="two-sided").pvalue)
@@ -180,7 +197,9 @@ def _judge(b: Row, n: Row, gate: Gate, scale: tuple[float | str, float | str],
             why += f": {n.reason.strip().splitlines()[0][:200]}"
         return Verdict(**common, state=state, reason=why)
     memory_ratio, memory_state = _memory(b, n, gate)
-    common |= {"memory_ratio": memory_ratio, "memory_state": memory_state}
+    error_ratio, accuracy_state = _accuracy(b, n, gate)
+    common |= {"memory_ratio": memory_ratio, "memory_state": memory_state,
+               "error_ratio": error_ratio, "accuracy_state": accuracy_state}
     if reference is not None and n.label == reference:
         return Verdict(**common, state="same", reason="the normalisation reference: not judged")
     for side, s in zip(("base", "new"), scale, strict=True):
@@ -236,6 +255,8 @@ class Comparison:
     blocked: str = ""  # why nothing was compared (differences not allowed), or ""
     allowed: tuple[str, ...] = ()  # "machines", "versions": differences compared on purpose
     confirmed_by: str = ""  # the result set regressions had to reproduce in, if any
+    warnings: tuple[str, ...] = ()  # what a reader must know (hosts of different speed)
+    revisions: bool = False  # two revisions of the code: a changed definition is expected
 
     def counts(self) -> dict[str, int]:
         """Number of cases per state, in display order."""
@@ -245,7 +266,9 @@ class Comparison:
     def memory_counts(self) -> dict[str, int]:
         """Number of cases whose peak memory is worse or better."""
         found = [v.memory_state for v in self.verdicts if v.memory_state]
-        return {f"memory {s}": found.count(s) for s in ("worse", "better") if s in found}
+        counts = {f"memory {s}": found.count(s) for s in ("worse", "better") if s in found}
+        less = sum(v.accuracy_state == LESS_ACCURATE for v in self.verdicts)
+        return counts | ({LESS_ACCURATE: less} if less else {})
 
     def matched(self) -> int:
         """Cases present on both sides."""
@@ -253,11 +276,13 @@ class Comparison:
 
     def exit_code(self) -> int:
         """0 pass, 1 regression (time, memory or now failing), 2 not comparable (or nothing
-        in common), 3 inconclusive."""
+        in common), 3 inconclusive. With ``revisions`` (an A/B run of two revisions), cases
+        whose variant definition changed are reported, not fatal."""
         states = {v.state for v in self.verdicts}
         if states & set(REGRESSION) or any(v.memory_state == "worse" for v in self.verdicts):
             return 1
-        if "not comparable" in states or not self.matched():
+        fatal = bool(self.blocked) or not self.revisions
+        if ("not comparable" in states and fatal) or not self.matched():
             return 2
         return 3 if "inconclusive" in states else 0
 
@@ -276,7 +301,27 @@ def compare(base: ResultSet, new: ResultSet, gate: Gate | None = None,
     blocked = "fingerprints differ (" + "; ".join(refused) + ")" if refused else ""
     verdicts = compare_rows(base.rows, new.rows, gate, reference, blocked)
     flags = ("machines",) * across_machines + ("versions",) * across_versions
-    return Comparison(tuple(verdicts), gate, reference, tuple(diffs.values()), blocked, flags)
+    return Comparison(tuple(verdicts), gate, reference, tuple(diffs.values()), blocked, flags,
+                      warnings=roof_warnings(base, new, gate.roof_tolerance))
+
+
+def median_roof(s: ResultSet) -> float | None:
+    """The median GEMM roof (GFLOP/s) the set's rows measured, or its manifest's, or None."""
+    values = sorted(r.roof_gflops for r in s.rows if r.roof_gflops)
+    if values:
+        return values[(len(values) - 1) // 2]
+    return s.soft.get("roof_gflops")
+
+
+def roof_warnings(base: ResultSet, new: ResultSet, tolerance: float) -> tuple[str, ...]:
+    """A warning when the two sides' measured roofs differ by more than ``tolerance``."""
+    b, n = median_roof(base), median_roof(new)
+    if not b or not n or max(b / n, n / b) <= 1 + tolerance:
+        return ()
+    return (f"measured GEMM roofs differ: base {b:.0f} vs new {n:.0f} GFLOP/s ({n / b:.2f}x, "
+            f"more than {tolerance:.0%}): the runs come from hosts (or host states) of "
+            "different speed, so raw ratios mix the machine with the code; measure both "
+            "sides in one job (python -m harness ab) or normalise (--normalise)",)
 
 
 def confirm(first: Comparison, again: Comparison, name: str) -> Comparison:

@@ -36,6 +36,22 @@ def compare_parser() -> argparse.ArgumentParser:
                    help="more base paths (shards), repeatable")
     p.add_argument("--new-extra", type=Path, action="append", default=[], metavar="PATH",
                    help="more new paths (shards), repeatable")
+    add_gate_options(p)
+    p.add_argument("--normalise", metavar="REF", default=None,
+                   help="divide each time by a reference from the same run: a variant label "
+                        "at the same shape (e.g. sdpa) or 'roof' (the measured GEMM roof)")
+    p.add_argument("--across-machines", action="store_true",
+                   help="compare even when the device model differs (use --normalise)")
+    p.add_argument("--across-versions", action="store_true",
+                   help="compare even when Python, torch or xformers versions differ")
+    p.add_argument("--confirm", type=Path, metavar="PATH",
+                   help="a second new run: a regression counts only if it shows there too")
+    add_output_options(p)
+    return p
+
+
+def add_gate_options(p: argparse.ArgumentParser) -> None:
+    """The gate's thresholds, shared by compare and ab."""
     p.add_argument("--factor", type=float, default=DEFAULT.factor,
                    help=f"ratio of medians that counts as a change (default {DEFAULT.factor})")
     p.add_argument("--alpha", type=float, default=DEFAULT.alpha,
@@ -47,19 +63,19 @@ def compare_parser() -> argparse.ArgumentParser:
                         f"{DEFAULT.memory_tolerance})")
     p.add_argument("--memory-floor-mib", type=float, default=DEFAULT.memory_floor_mib,
                    help=f"... and absolute growth in MiB (default {DEFAULT.memory_floor_mib})")
-    p.add_argument("--normalise", metavar="REF", default=None,
-                   help="divide each time by a reference from the same run: a variant label "
-                        "at the same shape (e.g. sdpa) or 'roof' (the measured GEMM roof)")
-    p.add_argument("--across-machines", action="store_true",
-                   help="compare even when the device model differs (use --normalise)")
-    p.add_argument("--across-versions", action="store_true",
-                   help="compare even when Python, torch or xformers versions differ")
-    p.add_argument("--confirm", type=Path, metavar="PATH",
-                   help="a second new run: a regression counts only if it shows there too")
+    p.add_argument("--error-factor", type=float, default=DEFAULT.error_factor,
+                   help=f"oracle error grown by more than this is 'less accurate' (default "
+                        f"{DEFAULT.error_factor})")
+    p.add_argument("--error-share", type=float, default=DEFAULT.error_share,
+                   help=f"... if it also exceeds this share of its allowed error (default "
+                        f"{DEFAULT.error_share})")
+
+
+def add_output_options(p: argparse.ArgumentParser) -> None:
+    """Where the comparison is written, shared by compare and ab."""
     p.add_argument("--markdown", type=Path, metavar="FILE", help="write GitHub markdown here")
     p.add_argument("--json", type=Path, metavar="FILE", help="write every verdict as JSON here")
     p.add_argument("--all", action="store_true", help="also list the cases that are 'same'")
-    return p
 
 
 class UsageError(ValueError):
@@ -81,8 +97,11 @@ def gate_of(args: argparse.Namespace) -> Gate:
                          "samples or a larger alpha")
     if args.memory_tolerance < 0 or args.memory_floor_mib < 0:
         raise UsageError("--memory-tolerance and --memory-floor-mib: must be >= 0")
+    if not args.error_factor > 1 or not 0 <= args.error_share <= 1:
+        raise UsageError(f"--error-factor must be > 1 and --error-share in [0, 1]; got "
+                         f"{args.error_factor} and {args.error_share}")
     return Gate(args.factor, args.alpha, args.min_samples, args.memory_tolerance,
-                args.memory_floor_mib)
+                args.memory_floor_mib, args.error_factor, args.error_share)
 
 
 def check_reference(reference: str | None, sets: list[ResultSet]) -> None:
@@ -102,6 +121,22 @@ def _write(path: Path | None, text: str) -> None:
         path.write_text(text)
 
 
+def emit(args: argparse.Namespace, result: Comparison, base: ResultSet, new: ResultSet,
+         repro: dict[str, str] | None = None) -> int:
+    """Print the comparison, write its markdown and JSON; return its exit code."""
+    if result.blocked:
+        print("\n".join(terminal(result, base, new).splitlines()[:5]))
+        print("not comparable: results from differently fingerprinted machines or software. "
+              "--across-machines (with --normalise sdpa or roof) or --across-versions "
+              "compares them on purpose.")
+    else:
+        print(terminal(result, base, new, show_same=args.all, repro=repro))
+    _write(args.markdown, markdown(result, base, new, repro))
+    _write(args.json, json.dumps(to_json(result, base, new, repro), indent=1, allow_nan=False,
+                                 default=str) + "\n")  # to_json has no NaN or infinity
+    return result.exit_code()
+
+
 def run_compare(argv: list[str]) -> int:
     """Parse, load both sides, compare, print and write; return the exit code."""
     args = compare_parser().parse_args(argv)  # argparse exits 2 on bad usage itself
@@ -114,18 +149,7 @@ def run_compare(argv: list[str]) -> int:
     except (UsageError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return USAGE_ERROR
-    result = _compare(args, gate, base, new, again)
-    if result.blocked:
-        print("\n".join(terminal(result, base, new).splitlines()[:5]))
-        print("not comparable: results from differently fingerprinted machines or software. "
-              "--across-machines (with --normalise sdpa or roof) or --across-versions "
-              "compares them on purpose.")
-    else:
-        print(terminal(result, base, new, show_same=args.all))
-    _write(args.markdown, markdown(result, base, new))
-    _write(args.json, json.dumps(to_json(result, base, new), indent=1, allow_nan=False,
-                                 default=str) + "\n")  # to_json has no NaN or infinity
-    return result.exit_code()
+    return emit(args, _compare(args, gate, base, new, again), base, new)
 
 
 def _compare(args: argparse.Namespace, gate: Gate, base: ResultSet, new: ResultSet,
