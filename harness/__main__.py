@@ -136,6 +136,13 @@ def cmd_compare(argv: list[str]) -> int:
     return run_compare(argv)
 
 
+def cmd_ab(argv: list[str]) -> int:
+    """A/B run of two revisions: python -m harness ab BASE [HEAD] [options] [-- overrides]."""
+    from harness.ab import run_ab
+
+    return run_ab(argv)
+
+
 def cmd_export(argv: list[str]) -> int:
     """Write a run's rows as pytest-benchmark JSON: python -m harness export RUN [--out FILE]."""
     from harness.compare_cli import run_export
@@ -156,10 +163,12 @@ COMMANDS = {
     "sweep": (cmd_sweep, "the main job: a Hydra-configured sweep that keeps every row"),
     "merge": (cmd_merge, "combine run directories (shards, or replicates) into one"),
     "compare": (cmd_compare, "regression gate between two result sets, with exit codes"),
+    "ab": (cmd_ab, "two revisions measured interleaved on this host, then compared"),
     "export": (cmd_export, "write a run's rows as pytest-benchmark JSON"),
     "report": (cmd_report, "report.md with tables and figures (PNG, SVG) for runs"),
 }
-OWN_OPTIONS = ("merge", "compare", "export", "report")  # commands that parse their own --options
+# commands that parse their own --options
+OWN_OPTIONS = ("merge", "compare", "ab", "export", "report")
 
 
 def parser() -> argparse.ArgumentParser:
