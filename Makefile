@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run check test test-slow bench lint gate baseline gate-proof
+.PHONY: run check test test-slow bench lint gate baseline baseline-example gate-proof
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,18 +41,25 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-# The CI regression gate (.ci/gate): a smoke sweep against results/baseline/smoke.
+# The CI regression gate (.ci/gate): an A/B run of results/baseline/REF against this tree.
 gate: $(STAMP)
 	.ci/gate
 
-# Refresh the committed baseline: three smoke sweeps, each case's median replicate kept.
+# Point the gate's base at the current commit (commit the file; CI then measures against it).
 baseline: $(STAMP)
+	git rev-parse HEAD > results/baseline/REF
+	@echo "results/baseline/REF = $$(cat results/baseline/REF): commit it"
+
+# Refresh the committed example numbers for `compare` (not used by the gate): three smoke
+# sweeps, each case's median replicate kept.
+baseline-example: $(STAMP)
 	rm -rf results/baseline/smoke results/baseline/replicates
 	for i in 1 2 3; do $(PY) -m harness sweep sweep=smoke \
 		results_dir=results/baseline/replicates/$$i > /dev/null || exit 1; done
 	$(PY) -m harness merge --pick median results/baseline/smoke results/baseline/replicates
 	rm -rf results/baseline/replicates
 
-# The gate's proofs and calibration (A/A pairs, injected slowdown and memory): a few minutes.
+# The gate's calibration (docs/gate.md): 10 gate runs each of A/A, an injected 1.5x slowdown
+# and injected +20% memory, about 40 minutes on 2 cores.
 gate-proof: $(STAMP)
 	$(PY) -m tests.bench.gate_proof --runs 10 --out results/gate-proof

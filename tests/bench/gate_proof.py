@@ -1,135 +1,118 @@
-"""The regression gate's proofs on this machine: A/A pairs, an injected slowdown, injected
-memory, and a (simulated) other machine. ``make gate-proof`` runs it; figures go to stdout.
+"""The CI gate's calibration on this machine: A/A runs, an injected slowdown, injected memory.
 
-    python -m tests.bench.gate_proof --runs 10 --out /tmp/gate-proof [--factor 1.3]
+``make gate-proof`` runs it; every run is ``.ci/gate`` itself (an A/B run of the ``gate``
+preset, confirmed), with the base revision set to HEAD so that both sides run the same code,
+plus the test-only ``injected`` variant (tests/injected_variants.py). The injection is given
+to the head side only, through its environment (``--head-env``): the same case keys, slower
+or bigger. Each run's directory is kept (a finished one is reused), and the figures printed
+are those quoted in docs/gate.md.
 
-Every sweep is the ``smoke`` preset plus the test-only ``injected`` variant
-(tests/injected_variants.py); a folder that already holds a finished run is reused. Clean
-runs are paired (0-1, 2-3, ...) for A/A; all pairs of clean runs give the distribution of A/A
-ratios the CI factor is calibrated on. The "other machine" is this machine with one thread and
-its manifest's ``device_model`` renamed, since only one machine class is at hand: it shows how
-the gate refuses, and what normalisation makes of a machine that is slower in a non-uniform
-way.
+    python -m tests.bench.gate_proof --runs 10 --out results/gate-proof
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
 import os
 import subprocess
-import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from harness.compare import Comparison, Gate, compare, confirm
-from harness.results import load
-
 ROOT = Path(__file__).resolve().parents[2]
-SWEEP = ["sweep=smoke", "extra_variants=[tests.injected_variants]"]
+KINDS = {  # name -> the head side's injected environment
+    "A/A": {},
+    "1.5x slower": {"ATTNBENCH_INJECT_SLOWDOWN": "1.5"},
+    "+20% memory": {"ATTNBENCH_INJECT_MEMORY": "0.2"},
+}
 
 
-def sweep(out: Path, env: dict[str, str] | None = None, extra: tuple[str, ...] = ()) -> Path:
-    """Run one smoke sweep into out/ (unless one finished there) and return its run directory."""
-    done = [p.parent for p in out.glob("*/manifest.json") if '"complete"' in p.read_text()]
-    if done:
-        return done[0]
-    cmd = [sys.executable, "-m", "harness", "sweep", *SWEEP, f"results_dir={out}", *extra]
-    subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, check=True,
-                   capture_output=True, text=True)
-    (run,) = [p.parent for p in out.glob("*/rows.jsonl")]
-    return run
+@dataclass(frozen=True)
+class GateRun:
+    """What one gate run said."""
+
+    kind: str
+    exit_code: int
+    wall_s: float
+    doc: dict
+
+    def flagged(self) -> dict[str, int]:
+        """Variant -> cases flagged as regressions (time, status or memory)."""
+        out: dict[str, int] = {}
+        for v in self.doc["verdicts"]:
+            if v["state"] in ("worse", "now failing") or v["memory_state"] == "worse":
+                out[v["variant"]] = out.get(v["variant"], 0) + 1
+        return out
+
+    def caught(self) -> str:
+        """'k/n': injected cases flagged the way this kind should be."""
+        mine = [v for v in self.doc["verdicts"] if v["variant"] == "injected"]
+        key = "memory_state" if "memory" in self.kind else "state"
+        return f"{sum(v[key] == 'worse' for v in mine)}/{len(mine)}"
+
+    def max_ratio(self) -> float:
+        """The largest |log| time ratio, as a ratio, among the cases not injected."""
+        logs = [abs(math.log(v["ratio"])) for v in self.doc["verdicts"]
+                if v["ratio"] and v["variant"] != "injected"]
+        return math.exp(max(logs)) if logs else float("nan")
 
 
-def flagged(c: Comparison) -> dict[str, int]:
-    """Variant -> number of its cases flagged as a regression (time, failure or memory)."""
-    out: dict[str, int] = {}
-    for v in c.verdicts:
-        if v.state in ("worse", "now failing") or v.memory_state == "worse":
-            out[v.variant] = out.get(v.variant, 0) + 1
-    return out
+def gate(kind: str, out: Path) -> GateRun:
+    """Run .ci/gate once into ``out`` (unless a finished run is there) and read its verdicts."""
+    stamp = out / "exit_code"
+    if not stamp.exists():
+        env = {**os.environ, "ATTNBENCH_GATE_BASE": "HEAD", "ATTNBENCH_GATE_DIR": str(out),
+               "ATTNBENCH_GATE_EXTRA": "extra_variants=[tests.injected_variants]"}
+        args = [f"--head-env={k}={v}" for k, v in KINDS[kind].items()]
+        start = time.perf_counter()
+        done = subprocess.run(["bash", ".ci/gate", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - start
+        (out / "gate.log").write_text(done.stdout + done.stderr)
+        stamp.write_text(f"{done.returncode} {wall:.1f}\n")
+    code, wall = stamp.read_text().split()
+    doc = json.loads((out / "compare.json").read_text())
+    return GateRun(kind, int(code), float(wall), doc)
 
 
-def share(c: Comparison, variant: str, memory: bool = False) -> str:
-    """'k/n': cases of the variant that are worse (in time, or in memory)."""
-    mine = [v for v in c.verdicts if v.variant == variant]
-    hits = [v for v in mine if (v.memory_state if memory else v.state) == "worse"]
-    return f"{len(hits)}/{len(mine)}"
-
-
-def quantiles(runs: list[Path], reference: str | None) -> str:
-    """Upper quantiles of |log ratio| over every pair of clean runs, as ratios."""
-    sets = [load([r]) for r in runs]
-    logs = sorted(abs(math.log(v.ratio)) for a, b in itertools.combinations(sets, 2)
-                  for v in compare(a, b, Gate(), reference).verdicts if v.ratio)
-    pick = {q: math.exp(logs[min(len(logs) - 1, int(q * len(logs)))]) for q in (.5, .9, .99)}
-    return (f"{len(logs)} ratios: p50 {pick[.5]:.3f}, p90 {pick[.9]:.3f}, p99 {pick[.99]:.3f}, "
-            f"max {math.exp(logs[-1]):.3f}")
-
-
-def gated(base: Path, new: Path, again: Path | None, gate: Gate, ref: str | None,
-          **kw: bool) -> Comparison:
-    """compare() as the CLI does it, confirmed by a second new run when one is given."""
-    first = compare(load([base]), load([new]), gate, ref, **kw)
-    if again is None:
-        return first
-    return confirm(first, compare(load([base]), load([again]), gate, ref, **kw), str(again))
-
-
-def report(clean: list[Path], runs: dict[str, list[Path]], gate: Gate, ref: str) -> None:
-    """Print every proof's figures."""
-    for r in (None, ref):
-        print(f"A/A |ratio| over all pairs of clean runs, normalised by {r}: {quantiles(clean, r)}")
-    n = len(clean)
-    settings = (("default gate 1.10, raw", Gate(), None, False),
-                (f"CI gate {gate.factor}, by {ref}, one run", gate, ref, False),
-                (f"CI gate {gate.factor}, by {ref}, confirmed", gate, ref, True))
-    for label, g, r, confirmed in settings:
-        for i in range(0, n - 1, 2):
-            c = gated(clean[i], clean[i + 1], clean[(i + 2) % n] if confirmed else None, g, r)
-            print(f"A/A pair {i}-{i + 1} ({label}): {c.counts()} flagged={flagged(c)}")
-    base = clean[0]
-    for label, (first, second) in runs.items():
-        for r, again in ((None, None), (ref, None), (ref, second)):
-            c = gated(base, first, again, gate, r)
-            what = share(c, "injected", memory=label == "+20% memory")
-            print(f"{label} (by {r}, {'confirmed' if again else 'one run'}): injected "
-                  f"{'memory ' if label == '+20% memory' else ''}worse {what}; "
-                  f"flagged={flagged(c)}")
-
-
-def other_machine(base: Path, other: Path, gate: Gate, ref: str) -> None:
-    """The simulated other machine: refused, then compared on purpose."""
-    c = gated(base, other, None, gate, ref)
-    print(f"other machine, no flag: exit {c.exit_code()} {c.counts()} ({c.blocked})")
-    for r in (None, ref, "roof"):
-        c = gated(base, other, None, gate, r, across_machines=True)
-        print(f"other machine, --across-machines, by {r}: exit {c.exit_code()} {c.counts()} "
-              f"flagged={flagged(c)}")
+def table(runs: list[GateRun]) -> list[str]:
+    """One markdown line per run, then a summary per kind."""
+    lines = ["| run | kind | exit | wall s | injected caught | flagged | max other ratio |",
+             "|---|---|---:|---:|---:|---|---:|"]
+    for i, r in enumerate(runs):
+        lines.append(f"| {i} | {r.kind} | {r.exit_code} | {r.wall_s:.0f} | {r.caught()} | "
+                     f"{r.flagged() or '-'} | {r.max_ratio():.3f} |")
+    lines += ["", "| kind | runs | gate failed | injected caught in every case | other variant "
+              "flagged | median wall s |", "|---|---:|---:|---:|---:|---:|"]
+    for kind in KINDS:
+        mine = [r for r in runs if r.kind == kind]
+        if not mine:
+            continue
+        every = sum(r.caught().split("/")[0] == r.caught().split("/")[1] != "0" for r in mine)
+        others = sum(bool(set(r.flagged()) - {"injected"}) for r in mine)
+        walls = sorted(r.wall_s for r in mine)
+        lines.append(f"| {kind} | {len(mine)} | {sum(r.exit_code != 0 for r in mine)} | "
+                     f"{every if kind != 'A/A' else '-'} | {others} | "
+                     f"{walls[len(walls) // 2]:.0f} |")
+    return lines
 
 
 def main() -> None:
-    """Run the sweeps, then print every proof's figures."""
+    """Run the gate runs of every kind and print the calibration table."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--runs", type=int, default=10, help="clean runs (pairs for A/A)")
+    p.add_argument("--runs", type=int, default=10, help="gate runs of each kind")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--factor", type=float, default=1.25, help="the CI gate's factor")
-    p.add_argument("--reference", default="sdpa")
+    p.add_argument("--kinds", nargs="*", default=list(KINDS), choices=list(KINDS))
     args = p.parse_args()
-    clean = [sweep(args.out / f"clean{i}") for i in range(args.runs)]
-    slow = {"ATTNBENCH_INJECT_SLOWDOWN": "1.5"}
-    fat = {"ATTNBENCH_INJECT_MEMORY": "0.2"}
-    runs = {"1.5x slowdown": [sweep(args.out / f"slow{i}", slow) for i in range(2)],
-            "+20% memory": [sweep(args.out / f"memory{i}", fat) for i in range(2)]}
-    other = sweep(args.out / "other", extra=("threads=1",))
-    manifest = json.loads((other / "manifest.json").read_text())
-    if "simulated" not in manifest["fingerprint"]["hard"]["device_model"]:
-        manifest["fingerprint"]["hard"]["device_model"] += " (simulated other machine, 1 thread)"
-    (other / "manifest.json").write_text(json.dumps(manifest))
-    gate = Gate(factor=args.factor)
-    report(clean, runs, gate, args.reference)
-    other_machine(clean[0], other, gate, args.reference)
+    runs = []
+    for i in range(args.runs):  # kinds alternate, so a slow hour of the host hits all alike
+        for kind in args.kinds:
+            slug = kind.replace("/", "").replace(" ", "_").replace("%", "pct").replace(".", "")
+            runs.append(gate(kind, args.out / f"{slug}-{i}"))
+            print(table(runs)[2 + len(runs) - 1], flush=True)
+    print("\n".join(table(runs)))
 
 
 if __name__ == "__main__":
