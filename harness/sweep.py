@@ -114,6 +114,8 @@ def run_sweep(s: SweepSettings, out_dir: Path, resolved: dict[str, Any],
         _pace_signal(f"ready {len(todo)} {out_dir.resolve()}")
     try:
         _run_cases(todo, s, store, frontier)
+        if s.paced:  # write nothing while the other side of an A/B run still measures
+            sys.stdin.readline()
         status = "complete"
     except (KeyboardInterrupt, PaceEnded):
         print(f"\ninterrupted: {len(store.rows())} rows kept in {out_dir}; finish them with "
