@@ -114,8 +114,6 @@ def run_sweep(s: SweepSettings, out_dir: Path, resolved: dict[str, Any],
         _pace_signal(f"ready {len(todo)} {out_dir.resolve()}")
     try:
         _run_cases(todo, s, store, frontier)
-        if s.paced:  # write nothing while the other side of an A/B run still measures
-            sys.stdin.readline()
         status = "complete"
     except (KeyboardInterrupt, PaceEnded):
         print(f"\ninterrupted: {len(store.rows())} rows kept in {out_dir}; finish them with "
@@ -154,6 +152,8 @@ def _run_cases(todo: list[Case], s: SweepSettings, store: RunStore,
             bar.update()
             if s.paced:
                 _pace_signal("done")
+        if s.paced:  # stop the worker and write outputs only once the other side of an A/B
+            sys.stdin.readline()  # run has measured its last case too
 
 
 class PaceEnded(KeyboardInterrupt):
