@@ -274,3 +274,50 @@ def test_separated_but_too_few_samples_says_so() -> None:
     v = {x.key: x for x in compare_rows(base, new)}["k0"]
     assert v.state == "~" and "more blocks (min_samples) would decide" in v.reason
     assert smallest_p(8, 8) == pytest.approx(2 / 12870)
+
+
+def test_changed_definition_in_an_ab_run_is_reported_not_fatal() -> None:
+    """Between two revisions a changed definition is expected: reported, exit from the rest."""
+    base = [row("a", noisy(10), extra={"definition": "rev 0"}), row("b", noisy(10, seed=5))]
+    new = [row("a", noisy(30), extra={"definition": "rev 1"}), row("b", noisy(10, seed=6))]
+    c = replace(compare(*sides(base, new)), revisions=True)
+    assert c.verdicts[0].state == "not comparable" and c.exit_code() == 0
+    blocked = replace(c, blocked="fingerprints differ (torch)")
+    assert blocked.exit_code() == 2
+
+
+@pytest.mark.parametrize(("new_err", "allowed", "expected"), [
+    (5e-6, 1e-5, "less accurate"),  # 5x the error and half the allowance
+    (1.5e-6, 1e-5, ""),  # grew, but by less than the factor
+    (5e-6, 1e-4, ""),  # grew 5x, but still 5% of the allowance
+    (0.5e-6, 1e-5, ""),  # more accurate
+])
+def test_accuracy_is_judged_beside_time(new_err: float, allowed: float, expected: str) -> None:
+    """Oracle error past the factor and the share of its allowance is 'less accurate'."""
+    checked = {"check_ok": True, "check_allowed": allowed}
+    base = [row("a", noisy(10), check_max_abs=1e-6, **checked)]
+    new = [row("a", noisy(10, seed=9), check_max_abs=new_err, **checked)]
+    c = compare(*sides(base, new))
+    v = c.verdicts[0]
+    assert v.accuracy_state == expected and v.error_ratio == pytest.approx(new_err / 1e-6)
+    assert v.state == "same" and c.exit_code() == 0  # reported, not a regression
+    assert (c.memory_counts().get("less accurate", 0) == 1) == bool(expected)
+
+
+def test_mismatch_is_a_regression_not_just_less_accurate() -> None:
+    """A case whose check turned to mismatch is 'now failing' (exit 1)."""
+    base = [row("a", noisy(10), check_max_abs=1e-6, check_allowed=1e-5)]
+    new = [row("a", noisy(10), status="mismatch", check_max_abs=1e-3, check_allowed=1e-5)]
+    c = compare(*sides(base, new))
+    assert c.verdicts[0].state == "now failing" and c.exit_code() == 1
+
+
+@pytest.mark.parametrize(("new_roof", "warned"), [(181.0, True), (420.0, False)])
+def test_roofs_that_differ_are_warned_about(new_roof: float, warned: bool) -> None:
+    """Roofs 430 vs 181 GFLOP/s (two hosts of one kind seen here): a warning; 430/420: none."""
+    base = [row("a", noisy(10), roof_gflops=430.0)]
+    new = [row("a", noisy(10), roof_gflops=new_roof)]
+    c = compare(*sides(base, new))
+    assert bool(c.warnings) == warned
+    if warned:
+        assert "base 430 vs new 181 GFLOP/s" in c.warnings[0] and "harness ab" in c.warnings[0]

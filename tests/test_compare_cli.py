@@ -240,3 +240,15 @@ def test_confirm_run_filters_a_transient(tmp_path: Path, capsys) -> None:
     assert code == 0 and "not reproduced in" in out and "regressions had to reproduce" in out
     code, out, _ = run(["compare", str(a), str(b), "--confirm", str(b)], capsys)
     assert code == 1
+
+
+def test_roof_warning_reaches_terminal_markdown_and_json(tmp_path: Path, capsys) -> None:
+    """compare of runs from hosts whose measured roofs differ says so in every output."""
+    base = write_run(tmp_path / "b", [row("a", noisy(10), roof_gflops=430.0)])
+    new = write_run(tmp_path / "n", [row("a", noisy(10, seed=1), roof_gflops=181.0)])
+    code = main(["compare", str(base), str(new), "--markdown", str(tmp_path / "c.md"),
+                 "--json", str(tmp_path / "c.json")])
+    out = capsys.readouterr().out
+    assert code == 0 and "warning: measured GEMM roofs differ" in out
+    assert "measured GEMM roofs differ" in (tmp_path / "c.md").read_text()
+    assert json.loads((tmp_path / "c.json").read_text())["warnings"]
