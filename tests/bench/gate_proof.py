@@ -99,6 +99,23 @@ def table(runs: list[GateRun]) -> list[str]:
     return lines
 
 
+def spread(runs: list[GateRun]) -> list[str]:
+    """A/A ratio quantiles over every judged case of the A/A runs, and what --confirm did."""
+    aa = [r for r in runs if r.kind == "A/A"]
+    logs = sorted(abs(math.log(v["ratio"])) for r in aa for v in r.doc["verdicts"]
+                  if v["ratio"])
+    if not logs:
+        return []
+    pick = {q: math.exp(logs[min(len(logs) - 1, int(q * len(logs)))]) for q in (.5, .9, .99)}
+    undone = sum("not reproduced" in v["reason"] for r in runs for v in r.doc["verdicts"]
+                 if v["variant"] != "injected")
+    return [f"A/A |ratio| over {len(logs)} judged cases of {len(aa)} runs: p50 "
+            f"{pick[.5]:.3f}, p90 {pick[.9]:.3f}, p99 {pick[.99]:.3f}, max "
+            f"{math.exp(logs[-1]):.3f}",
+            f"cases of variants other than 'injected' flagged in a first round and cleared by "
+            f"--confirm, over all {len(runs)} runs: {undone}"]
+
+
 def main() -> None:
     """Run the gate runs of every kind and print the calibration table."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -112,7 +129,7 @@ def main() -> None:
             slug = kind.replace("/", "").replace(" ", "_").replace("%", "pct").replace(".", "")
             runs.append(gate(kind, args.out / f"{slug}-{i}"))
             print(table(runs)[2 + len(runs) - 1], flush=True)
-    print("\n".join(table(runs)))
+    print("\n".join([*table(runs), "", *spread(runs)]))
 
 
 if __name__ == "__main__":
