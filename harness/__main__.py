@@ -7,8 +7,10 @@ converted once to typed schema objects and validated into frozen settings.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
@@ -22,15 +24,33 @@ from harness.config import (
     register_schemas,
     sweep_settings,
 )
-from harness.store import RunStore, StoreError
+from harness.store import StoreError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 USAGE_ERROR = 2
 
 
-OmegaConf.register_new_resolver(
-    "attnbench_run_dir", lambda resume, default: resume or default, replace=True
-)
+def _run_dir(resume: str, named: str, default: str) -> str:
+    from harness.rundir import run_dir
+
+    return run_dir(resume, named, default)
+
+
+OmegaConf.register_new_resolver("attnbench_run_dir", _run_dir, replace=True)
+
+
+def check_keys(overrides: list[str], schema: type, groups: tuple[str, ...] = ()) -> None:
+    """Every override names a field of the schema (or a config group, or hydra's own),
+    however it is spelled (``key=``, ``+key=``, ``++key=``, ``~key``)."""
+    import dataclasses
+
+    allowed = {f.name for f in dataclasses.fields(schema)} | set(groups)
+    for text in overrides:
+        key = text.lstrip("+~").partition("=")[0].split(".")[0].split("/")[0].strip()
+        if text.startswith("-") or key == "hydra":
+            continue
+        if key not in allowed:
+            raise ConfigError(f"{text}: unknown key {key!r}; allowed: {sorted(allowed)}")
 
 
 def _compose(config_name: str, overrides: list[str]) -> object:
@@ -44,22 +64,27 @@ def _compose(config_name: str, overrides: list[str]) -> object:
 def cmd_check(overrides: list[str]) -> int:
     """Run the agreement matrix; exit 1 on any disagreement."""
     from harness.check import report, run_matrix
+    from harness.config import CheckConf
 
+    check_keys(overrides, CheckConf)
     settings = check_settings(_compose("check", overrides))
     return report(run_matrix(settings))
 
 
 def cmd_measure(overrides: list[str]) -> int:
     """Measure a small grid of cases in this process and print the rows."""
+    from harness.config import MeasureConf
     from harness.grid import cases, print_table
-    from harness.measure import measure
+    from harness.worker import Supervisor
 
+    check_keys(overrides, MeasureConf)
     settings = grid_settings(_compose("measure", overrides))
     rows = []
-    for case in cases(settings):
-        rows.append(measure(case, settings.measure))
-        print(f"{case.spec.label} {case.dtype} {case.mode} causal={case.causal} B={case.b} "
-              f"N={case.nq}: {rows[-1].status}", file=sys.stderr, flush=True)
+    with Supervisor(timeout_s=settings.timeout_s) as sup:  # a crash or hang is one row
+        for case in cases(settings):
+            rows.append(sup.run(case, settings.measure))
+            print(f"{case.spec.label} {case.dtype} {case.mode} causal={case.causal} "
+                  f"B={case.b} N={case.nq}: {rows[-1].status}", file=sys.stderr, flush=True)
     print_table(rows)
     return 0
 
@@ -76,18 +101,36 @@ def _expand(overrides: list[str]) -> list[list[str]]:
 
 def cmd_sweep(overrides: list[str]) -> int:
     """Validate every job, then hand over to Hydra (multirun and launchers included)."""
+    from harness.config import SweepConf
+
     multirun = "-m" in overrides or "--multirun" in overrides
     given = [o for o in overrides if o not in ("-m", "--multirun")]
+    check_keys(given, SweepConf, groups=("sweep",))
     for job in _expand(given) if multirun else [given]:
         conf = _compose("config", [o for o in job if not o.startswith("hydra")])
-        sweep_settings(conf)
-        if conf.resume:
-            try:
-                RunStore(Path(conf.resume)).validate()
-            except StoreError as exc:
-                raise ConfigError(f"resume: {exc}") from exc
+        settings = sweep_settings(conf)
+        _check_places(conf, settings.grid.device, multirun)
     _hydra_sweep(overrides)
     return 0
+
+
+def _check_places(conf: Any, device: str, multirun: bool) -> None:
+    """Where the job would write: refuse what would mix, lose or misplace rows (exit 2)."""
+    from harness.fingerprint import fingerprint
+    from harness.rundir import check_new_run_dir, check_results_dir, check_resume
+
+    if multirun and (conf.resume or conf.run_dir):
+        raise ConfigError("resume / run_dir name one run directory; with -m every job gets "
+                          "its own under results_dir")
+    try:
+        if conf.resume:
+            check_resume(Path(conf.resume), conf, fingerprint(device).hard)
+        elif conf.run_dir:
+            check_new_run_dir(Path(conf.run_dir))
+        else:
+            check_results_dir(Path(conf.results_dir))
+    except StoreError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def _hydra_sweep(overrides: list[str]) -> None:
@@ -101,7 +144,11 @@ def _hydra_sweep(overrides: list[str]) -> None:
     def task(cfg: DictConfig) -> None:
         settings = sweep_settings(OmegaConf.to_object(cfg))
         out_dir = Path(HydraConfig.get().runtime.output_dir)
-        run_sweep(settings, out_dir, OmegaConf.to_container(cfg, resolve=True))
+        try:
+            run_sweep(settings, out_dir, OmegaConf.to_container(cfg, resolve=True))
+        except (StoreError, OSError) as exc:  # a locked, reused or unwritable run directory
+            print(f"error: {_one_line(exc)}", file=sys.stderr)
+            raise SystemExit(USAGE_ERROR) from None
 
     sys.argv = ["python -m harness sweep", *overrides]
     task()
@@ -189,9 +236,35 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def _one_line(exc: BaseException) -> str:
+    """An error in one line: the path and the problem for OS errors."""
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Dispatch a subcommand; configuration errors exit 2 before any work is done."""
+    """Dispatch a subcommand. Exit 2 for configuration errors (before any work is done), for
+    write errors and for any internal error, each in one line; only a judged regression
+    (compare, ab) or a disagreement (check) exits 1."""
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _dispatch(argv)
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return USAGE_ERROR
+    except Exception as exc:  # a bug: never exit 1, which means "regression"
+        print(f"internal error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        if os.environ.get("ATTNBENCH_TRACEBACK"):
+            raise
+        print("  (ATTNBENCH_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+        return USAGE_ERROR
+
+
+def _dispatch(argv: list[str]) -> int:
+    """Run the subcommand; configuration errors become exit 2 with their message."""
     if argv and argv[0] in OWN_OPTIONS:  # their own parsers see their arguments untouched
         return COMMANDS[argv[0]][0](argv[1:])
     args, extra = parser().parse_known_args(argv)  # extra: -m and the like, for Hydra

@@ -257,6 +257,8 @@ class Comparison:
     confirmed_by: str = ""  # the result set regressions had to reproduce in, if any
     warnings: tuple[str, ...] = ()  # what a reader must know (hosts of different speed)
     revisions: bool = False  # two revisions of the code: a changed definition is expected
+    missing: tuple[str, ...] = ()  # why a side may lack cases (torn line, interrupted run)
+    allow_missing: bool = False  # the user accepts incomplete inputs (--allow-missing)
 
     def counts(self) -> dict[str, int]:
         """Number of cases per state, in display order."""
@@ -276,7 +278,8 @@ class Comparison:
 
     def exit_code(self) -> int:
         """0 pass, 1 regression (time, memory or now failing), 2 not comparable (or nothing
-        in common), 3 inconclusive. With ``revisions`` (an A/B run of two revisions), cases
+        in common), 3 inconclusive (or an input that is not whole, unless allowed). With
+        ``revisions`` (an A/B run of two revisions), cases
         whose variant definition changed are reported, not fatal."""
         states = {v.state for v in self.verdicts}
         if states & set(REGRESSION) or any(v.memory_state == "worse" for v in self.verdicts):
@@ -284,12 +287,14 @@ class Comparison:
         fatal = bool(self.blocked) or not self.revisions
         if ("not comparable" in states and fatal) or not self.matched():
             return 2
+        if self.missing and not self.allow_missing:
+            return 3
         return 3 if "inconclusive" in states else 0
 
 
 def compare(base: ResultSet, new: ResultSet, gate: Gate | None = None,
             reference: str | None = None, across_machines: bool = False,
-            across_versions: bool = False) -> Comparison:
+            across_versions: bool = False, allow_missing: bool = False) -> Comparison:
     """Compare two result sets; differing hard fingerprint keys block it unless allowed:
     ``across_machines`` allows another device model, ``across_versions`` other versions of
     Python, torch and xformers."""
@@ -301,8 +306,12 @@ def compare(base: ResultSet, new: ResultSet, gate: Gate | None = None,
     blocked = "fingerprints differ (" + "; ".join(refused) + ")" if refused else ""
     verdicts = compare_rows(base.rows, new.rows, gate, reference, blocked)
     flags = ("machines",) * across_machines + ("versions",) * across_versions
+    missing = tuple(f"{side}: {p}" for side, s in (("base", base), ("new", new))
+                    for p in s.problems)
     return Comparison(tuple(verdicts), gate, reference, tuple(diffs.values()), blocked, flags,
-                      warnings=roof_warnings(base, new, gate.roof_tolerance))
+                      warnings=(*roof_warnings(base, new, gate.roof_tolerance), *base.noise,
+                                *new.noise), missing=missing,
+                      allow_missing=allow_missing)
 
 
 def median_roof(s: ResultSet) -> float | None:

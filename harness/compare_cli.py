@@ -46,6 +46,11 @@ def compare_parser() -> argparse.ArgumentParser:
                    help="compare even when Python, torch or xformers versions differ")
     p.add_argument("--confirm", type=Path, metavar="PATH",
                    help="a second new run: a regression counts only if it shows there too")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="pass even when a side is incomplete, interrupted or lost a torn line "
+                        "(otherwise exit 3)")
+    p.add_argument("--allow-no-manifest", action="store_true",
+                   help="read run directories that have no manifest.json (otherwise exit 2)")
     add_output_options(p)
     return p
 
@@ -142,9 +147,10 @@ def run_compare(argv: list[str]) -> int:
     args = compare_parser().parse_args(argv)  # argparse exits 2 on bad usage itself
     try:
         gate = gate_of(args)
-        base = load([args.base, *args.base_extra], name=str(args.base))
-        new = load([args.new, *args.new_extra], name=str(args.new))
-        again = load([args.confirm]) if args.confirm else None
+        lax = args.allow_no_manifest
+        base = load([args.base, *args.base_extra], name=str(args.base), allow_no_manifest=lax)
+        new = load([args.new, *args.new_extra], name=str(args.new), allow_no_manifest=lax)
+        again = load([args.confirm], allow_no_manifest=lax) if args.confirm else None
         check_reference(args.normalise, [base, new, *([again] if again else [])])
     except (UsageError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -157,7 +163,7 @@ def _compare(args: argparse.Namespace, gate: Gate, base: ResultSet, new: ResultS
     """compare(), then confirm() against the second run when one was given."""
     def against(side: ResultSet) -> Comparison:
         return compare(base, side, gate, args.normalise, args.across_machines,
-                       args.across_versions)
+                       args.across_versions, args.allow_missing)
     result = against(new)
     return confirm(result, against(again), again.name) if again is not None else result
 
@@ -170,12 +176,12 @@ def run_export(argv: list[str]) -> int:
     p.add_argument("--out", type=Path, help="output file (default RUN/pytest_benchmark.json)")
     args = p.parse_args(argv)
     try:
-        results = load([args.run])
+        results = load([args.run], allow_no_manifest=True)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return USAGE_ERROR
     out = args.out or args.run / "pytest_benchmark.json"
     doc = to_pytest_benchmark(list(results.rows), {"hard": results.hard, "soft": results.soft})
-    _write(out, json.dumps(doc, indent=1, default=str) + "\n")
+    _write(out, json.dumps(doc, indent=1, default=str, allow_nan=False) + "\n")
     print(f"{len(doc['benchmarks'])} benchmarks written to {out}")
     return 0

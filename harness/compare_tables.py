@@ -14,6 +14,7 @@ from typing import Any
 
 from harness.compare import LESS_ACCURATE, STATES, Comparison, Verdict, geometric_means
 from harness.results import ResultSet
+from harness.rows import finite
 
 VERDICT = {0: "pass", 1: "regression", 2: "not comparable", 3: "inconclusive"}
 MARK = {"worse": "🔴 worse", "now failing": "🔴 now failing", "not comparable": "⚪ not comparable",
@@ -87,7 +88,10 @@ def header(c: Comparison, base: ResultSet, new: ResultSet) -> list[str]:
         lines.append(f"hard fingerprint keys differ, {what}: " + "; ".join(c.differences))
     if c.confirmed_by:
         lines.append(f"regressions had to reproduce in {c.confirmed_by}")
-    return lines + [f"warning: {w}" for w in c.warnings]
+    lines += [f"warning: {w}" for w in c.warnings]
+    accepted = " (accepted: --allow-missing)" if c.allow_missing else (
+        " (not a pass: --allow-missing accepts it)")
+    return lines + [f"incomplete input{accepted}: {m}" for m in c.missing]
 
 
 def repro_lines(c: Comparison, repro: Mapping[str, str] | None) -> list[str]:
@@ -158,27 +162,17 @@ def to_json(c: Comparison, base: ResultSet, new: ResultSet,
     def side(s: ResultSet) -> dict[str, Any]:
         return {"name": s.name, "sources": list(s.sources), "rows": len(s.rows),
                 "hard": s.hard, "duplicates_dropped": s.duplicates}
-    return _finite({
+    return finite({
         "exit_code": c.exit_code(), "verdict": VERDICT[c.exit_code()], "counts": c.counts(),
         "memory_counts": c.memory_counts(), "matched": c.matched(),
         "judged": sum(v.ratio is not None for v in c.verdicts),
         "gate": dataclasses.asdict(c.gate), "reference": c.reference,
         "allowed_differences": list(c.allowed), "differences": list(c.differences),
         "blocked": c.blocked, "confirmed_by": c.confirmed_by, "warnings": list(c.warnings),
+        "missing": list(c.missing), "allow_missing": c.allow_missing,
         "base": side(base), "new": side(new),
         "geometric_means": {k: {"ratio": g, "cases": n}
                             for k, (g, n) in geometric_means(c.verdicts).items()},
         "verdicts": [{**dataclasses.asdict(v), "repro": (repro or {}).get(v.key)}
                      for v in ordered(c.verdicts)],
     })
-
-
-def _finite(data: Any) -> Any:
-    """The same data with NaN and infinities as None (strict JSON)."""
-    if isinstance(data, float) and not math.isfinite(data):
-        return None
-    if isinstance(data, dict):
-        return {k: _finite(v) for k, v in data.items()}
-    if isinstance(data, list | tuple):
-        return [_finite(v) for v in data]
-    return data

@@ -39,6 +39,7 @@ class CheckConf:
     causal: list[bool] = field(default_factory=lambda: [False, True])
     backward: bool = True
     seed: int = 0
+    timeout_s: float = 600.0  # per (variant, dtype, causal) cell, in a supervised worker
 
 
 @dataclass
@@ -61,6 +62,7 @@ class MeasureConf:
     check: bool = True
     memory: bool = True
     seed: int = 0
+    timeout_s: float = 600.0  # per case (oracle, timing and memory pass together)
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class GridSettings:
     head_dim: int
     seq_lens: tuple[int, ...]
     measure: MeasureSettings
+    timeout_s: float = 600.0
 
 
 @dataclass
@@ -84,9 +87,10 @@ class SweepConf(MeasureConf):
     """Hydra schema of ``python -m harness sweep`` (conf/config.yaml and conf/sweep/*.yaml)."""
 
     preset: str = "default"  # set by the chosen conf/sweep/<preset>.yaml, for the manifest
-    timeout_s: float = 600.0  # per case, including the oracle and the memory pass
     results_dir: str = "results"
     resume: str = ""  # a run directory to complete: only its missing cases run
+    run_dir: str = ""  # a new run directory to create (default: results_dir/<date>_<time>)
+    extend: bool = False  # resume: allow other grid axes (recorded in the manifest)
     force: bool = False  # run cases whose predicted memory exceeds the free memory
     memory_margin: float = 0.8  # predicted peak must fit in this fraction of free memory
     paced: bool = False  # harness ab: wait for a line on stdin before each case
@@ -102,6 +106,7 @@ class SweepSettings:
     force: bool
     memory_margin: float
     paced: bool = False
+    resume: bool = False  # completing an existing run directory (else it must be new)
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,7 @@ class CheckSettings:
     causal: tuple[bool, ...]
     backward: bool
     seed: int
+    timeout_s: float = 600.0
 
 
 def schema_of(config_cls: type) -> type:
@@ -223,6 +229,8 @@ def grid_settings(conf: MeasureConf) -> GridSettings:
         raise ConfigError(f"min_samples: must be an int >= 1, got {conf.min_samples!r}")
     if conf.threads < 0:
         raise ConfigError(f"threads: must be >= 0 (0 = torch's default), got {conf.threads!r}")
+    if not conf.timeout_s > 0:
+        raise ConfigError(f"timeout_s: must be > 0 seconds, got {conf.timeout_s!r}")
     return GridSettings(
         specs=variant_specs(conf.variants, conf.extra_variants),
         device=resolve_device(conf.device),
@@ -236,23 +244,25 @@ def grid_settings(conf: MeasureConf) -> GridSettings:
         measure=MeasureSettings(min_run_time=conf.min_run_time, min_samples=conf.min_samples,
                                 threads=conf.threads or None,
                                 check=conf.check, memory=conf.memory, seed=conf.seed),
+        timeout_s=conf.timeout_s,
     )
 
 
 def sweep_settings(conf: SweepConf) -> SweepSettings:
     """Validate a composed SweepConf, before any work is done or anything is written."""
-    if not conf.timeout_s > 0:
-        raise ConfigError(f"timeout_s: must be > 0 seconds, got {conf.timeout_s!r}")
     if not 0 < conf.memory_margin <= 1:
         raise ConfigError(f"memory_margin: must be in (0, 1], got {conf.memory_margin!r}")
     return SweepSettings(grid=grid_settings(conf), preset=conf.preset, timeout_s=conf.timeout_s,
-                         force=conf.force, memory_margin=conf.memory_margin, paced=conf.paced)
+                         force=conf.force, memory_margin=conf.memory_margin, paced=conf.paced,
+                         resume=bool(conf.resume))
 
 
 def check_settings(conf: CheckConf) -> CheckSettings:
     """Validate a composed CheckConf into frozen settings, before any work is done."""
     if not conf.causal:
         raise ConfigError("causal: empty list; allowed: [false, true]")
+    if not conf.timeout_s > 0:
+        raise ConfigError(f"timeout_s: must be > 0 seconds, got {conf.timeout_s!r}")
     return CheckSettings(
         specs=variant_specs(conf.variants, conf.extra_variants),
         dtypes=check_dtypes(conf.dtypes),
@@ -260,4 +270,5 @@ def check_settings(conf: CheckConf) -> CheckSettings:
         causal=tuple(dict.fromkeys(conf.causal)),
         backward=conf.backward,
         seed=conf.seed,
+        timeout_s=conf.timeout_s,
     )

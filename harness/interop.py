@@ -21,7 +21,7 @@ from typing import Any
 
 from pytest_benchmark.stats import Stats
 
-from harness.rows import SCHEMA_VERSION, Row
+from harness.rows import SCHEMA_VERSION, Row, finite
 
 FORMAT = "pytest-benchmark"
 VERSION = "5.3.1"  # the pytest-benchmark JSON layout we write (pinned in pyproject.toml)
@@ -46,7 +46,7 @@ def _entry(row: Row) -> dict[str, Any]:
     stats = Stats()
     for ms in row.times_ms:
         stats.update(ms / 1e3)
-    data = row.to_dict()
+    data = row.to_json()
     del data["times_ms"]  # they are stats.data
     name = case_name(row)
     return {
@@ -62,7 +62,8 @@ def _entry(row: Row) -> dict[str, Any]:
 
 
 def to_pytest_benchmark(rows: list[Row], fingerprint: dict[str, Any]) -> dict[str, Any]:
-    """A pytest-benchmark JSON document of the measured rows (with their block times)."""
+    """A pytest-benchmark JSON document of the measured rows (with their block times); strict
+    JSON once dumped with ``allow_nan=False`` (non-finite values are null)."""
     soft, hard = fingerprint.get("soft", {}), fingerprint.get("hard", {})
     machine = {
         "node": platform.node(), "processor": platform.processor(),
@@ -73,14 +74,14 @@ def to_pytest_benchmark(rows: list[Row], fingerprint: dict[str, Any]) -> dict[st
         "attnbench_fingerprint": fingerprint,
     }
     commit = {"id": soft.get("git_commit"), "dirty": soft.get("git_dirty"), "project": "attnbench"}
-    return {
+    return finite({
         "machine_info": machine, "commit_info": commit,
         "benchmarks": [_entry(r) for r in rows if r.status in EXPORTED and r.times_ms],
         # rows with no times (failed, unavailable, skipped): pytest-benchmark ignores this key,
         # harness compare reads it, so a case now failing does not read as merely gone
-        UNMEASURED: [r.to_dict() for r in rows if not (r.status in EXPORTED and r.times_ms)],
+        UNMEASURED: [r.to_json() for r in rows if not (r.status in EXPORTED and r.times_ms)],
         "datetime": dt.datetime.now(dt.UTC).isoformat(), "version": VERSION,
-    }
+    })
 
 
 def _foreign_row(bench: dict[str, Any]) -> Row:

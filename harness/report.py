@@ -126,7 +126,7 @@ def run_report(argv: list[str]) -> int:
     args = p.parse_args(argv)
     try:
         runs = args.runs or [newest_run(args.results_dir)]
-        results = load(runs)
+        results = load(runs, allow_no_manifest=True)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return USAGE_ERROR

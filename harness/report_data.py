@@ -9,6 +9,7 @@ reason as a footnote, instead of a number.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -39,10 +40,17 @@ class Setting:
         return f"{self.device} {self.dtype} {self.mode} {mask} (H={self.h}, D={self.d})"
 
     def slug(self) -> str:
-        """A file-name fragment: ``cpu_fp32_fwd-bwd_causal_H8_D64``."""
+        """A file-name fragment: ``cpu_fp32_fwd-bwd_causal_H8_D64``; whatever the rows say,
+        only letters, digits, '.', '_' and '-' (a crafted device cannot name a path)."""
         mask = "causal" if self.causal else "full"
         mode = self.mode.replace("+", "-")
-        return f"{self.device}_{self.dtype}_{mode}_{mask}_H{self.h}_D{self.d}"
+        return safe_name(f"{self.device}_{self.dtype}_{mode}_{mask}_H{self.h}_D{self.d}")
+
+
+def safe_name(text: str) -> str:
+    """A file name made from data: runs of other characters become '-', no leading dot."""
+    name = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._-]+", "-", text))
+    return name.lstrip(".-") or "unnamed"
 
 
 def setting_of(row: Row) -> Setting:

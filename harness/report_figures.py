@@ -23,6 +23,7 @@ from harness.report_data import (
     expected_mib,
     peak_mib,
     quartiles,
+    safe_name,
     series,
 )
 from harness.rows import Row
@@ -39,7 +40,10 @@ def colours(labels: Sequence[str]) -> dict[str, str]:
 def save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
     """Write the figure as PNG and SVG; return both paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{name}.png", out_dir / f"{name}.svg"]
+    paths = [out_dir / f"{safe_name(name)}.png", out_dir / f"{safe_name(name)}.svg"]
+    for path in paths:  # never outside out_dir, whatever the name was built from
+        if path.resolve().parent != out_dir.resolve():
+            raise ValueError(f"figure {name!r} would be written outside {out_dir}")
     fig.savefig(paths[0], dpi=110, bbox_inches="tight")
     fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None})
     return paths

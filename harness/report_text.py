@@ -76,6 +76,8 @@ def fingerprint_lines(results: ResultSet) -> list[str]:
     env = soft.get("env") or {}
     if env:
         lines.append("- **Environment**: " + ", ".join(f"{k}={v}" for k, v in env.items()))
+    lines += [f"- **Warning, noisy host**: {w}" for w in results.noise]
+    lines += [f"- **Warning, incomplete**: {p}" for p in results.problems]
     return lines
 
 

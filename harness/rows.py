@@ -7,6 +7,7 @@ Units are in the field names: ``_ms`` milliseconds, ``_mib`` MiB (2^20 bytes), `
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,11 +71,38 @@ class Row:
         data["times_ms"] = list(self.times_ms)
         return data
 
+    def to_json(self) -> dict[str, Any]:
+        """Strict-JSON data: non-finite numbers become null, their values kept (as text) in
+        ``extra["nonfinite"]`` so that the row reads back the same."""
+        data = self.to_dict()
+        nonfinite = {}
+        for name, value in data.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                nonfinite[name], data[name] = repr(value), None
+        data = finite(data)
+        if nonfinite:
+            data["extra"] = {**data["extra"], "nonfinite": nonfinite}
+        return data
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Row:
-        """Rebuild a row; refuses other schema versions."""
+        """Rebuild a row (from strict or older JSON); refuses other schema versions."""
         if data.get("schema") != SCHEMA_VERSION:
             raise ValueError(
                 f"row schema {data.get('schema')!r} is not supported (expected {SCHEMA_VERSION})"
             )
-        return cls(**{**data, "times_ms": tuple(data.get("times_ms", ()))})
+        extra = dict(data.get("extra") or {})
+        restored = {name: float(text) for name, text in extra.pop("nonfinite", {}).items()}
+        times = tuple(math.nan if t is None else t for t in data.get("times_ms", ()))
+        return cls(**{**data, **restored, "extra": extra, "times_ms": times})
+
+
+def finite(data: Any) -> Any:
+    """The same data with NaN and infinities as None, at any depth (strict JSON)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: finite(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [finite(v) for v in data]
+    return data

@@ -2,38 +2,65 @@
 
 ``rows.jsonl`` gets one line per finished case, flushed and fsynced at once, so killing the
 driver loses at most the case in flight. A line cut short by a kill is the only damage a crash
-can do; opening the store again drops it (it was never a finished row). ``manifest.json`` is
-replaced atomically (write to a temporary file, then ``os.replace``). A directory written with
-another schema version is refused with a message naming the file.
+can do: only a last line that does not parse is torn; it is dropped, and that is always
+reported (a complete last row that merely lacks its newline is kept). Rows are strict JSON:
+a non-finite number is written as null, its value kept in ``extra["nonfinite"]``.
+``manifest.json`` is replaced atomically (write to a temporary file, then ``os.replace``). A
+directory written with another schema version is refused with a message naming the file. A
+writer holds an exclusive lock (``.lock``, flock) for as long as it writes; a second writer
+is refused naming the holder.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import socket
+import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-from harness.rows import SCHEMA_VERSION, Row
+from harness.rows import SCHEMA_VERSION, Row, finite
 
 ROWS = "rows.jsonl"
 MANIFEST = "manifest.json"
+LOCK = ".lock"
 
 
 class StoreError(ValueError):
     """A results directory that cannot be used: wrong schema, corrupt or missing files."""
 
 
-def _repair_tail(path: Path) -> None:
-    """Drop a final line without its newline (a write cut short by a kill)."""
+def _parses(line: bytes) -> bool:
+    try:
+        json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return True
+
+
+def _repair_tail(path: Path, warn: TextIO | None = None) -> str:
+    """Finish a last line that lacks its newline: complete it if it parses, else drop it
+    (a write cut short by a kill) and say so. Returns what was dropped, or ""."""
     if not path.exists() or path.stat().st_size == 0:
-        return
+        return ""
     with path.open("rb+") as f:
         data = f.read()
         if data.endswith(b"\n"):
-            return
-        f.truncate(data.rfind(b"\n") + 1)
+            return ""
+        start = data.rfind(b"\n") + 1
+        if _parses(data[start:]):
+            f.write(b"\n")  # a complete row whose newline was never written
+            return ""
+        f.truncate(start)
+    dropped = (f"{path}: dropped a torn last line ({len(data) - start} bytes, not valid JSON: "
+               "a write cut short by a kill)")
+    print(f"warning: {dropped}", file=warn or sys.stderr)
+    return dropped
 
 
 def _parse(path: Path, number: int, line: str) -> Row:
@@ -48,17 +75,35 @@ def _parse(path: Path, number: int, line: str) -> Row:
         raise StoreError(f"{path}:{number}: {exc}") from exc
 
 
-def read_rows(directory: Path) -> list[Row]:
-    """Every finished row of a run directory (a cut-short last line is ignored)."""
+@dataclass(frozen=True)
+class RowsRead:
+    """The rows of a rows.jsonl, and the torn last line dropped, if any ("")."""
+
+    rows: list[Row]
+    torn: str = ""
+
+
+def scan_rows(directory: Path) -> RowsRead:
+    """Every row of a run directory; only a last line that does not parse is torn."""
     path = Path(directory) / ROWS
     if not path.exists():
         raise StoreError(f"{path}: no such file (is {directory} a run directory?)")
-    rows = []
-    with path.open() as f:
-        for number, line in enumerate(f, start=1):
-            if line.endswith("\n") and line.strip():
-                rows.append(_parse(path, number, line))
-    return rows
+    lines = path.read_text(errors="replace").split("\n")
+    unfinished = len(lines) - 1 if lines[-1] else -1  # a last line without its newline
+    rows, torn = [], ""
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        if number - 1 == unfinished and not _parses(line.encode()):
+            torn = f"{path}:{number}: a torn last line ({len(line)} bytes) was dropped"
+            continue
+        rows.append(_parse(path, number, line))
+    return RowsRead(rows, torn)
+
+
+def read_rows(directory: Path) -> list[Row]:
+    """Every row of a run directory (a torn last line is left out: scan_rows says so)."""
+    return scan_rows(directory).rows
 
 
 class RunStore:
@@ -68,6 +113,7 @@ class RunStore:
         self.directory = Path(directory)
         self.rows_path = self.directory / ROWS
         self.manifest_path = self.directory / MANIFEST
+        self.dropped = ""  # a torn last line dropped when the store was opened
 
     def validate(self) -> None:
         """Refuse an existing directory of another schema version or with corrupt rows."""
@@ -84,10 +130,36 @@ class RunStore:
     def open(cls, directory: Path) -> RunStore:
         """Create or reopen a run directory; refuse another schema version."""
         store = cls(directory)
-        store.directory.mkdir(parents=True, exist_ok=True)
-        _repair_tail(store.rows_path)
+        try:
+            store.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{store.directory}: cannot create the run directory "
+                             f"({exc.strerror})") from exc
+        store.dropped = _repair_tail(store.rows_path)
         store.validate()  # every existing row and the manifest, before any work
         return store
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[RunStore]:
+        """Hold the directory's writer lock; a second writer gets StoreError naming us."""
+        path = self.directory / LOCK
+        with path.open("a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                raise StoreError(f"{self.directory}: being written by {holder}; wait for it "
+                                 "or use another directory") from None
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            f.flush()
+            try:
+                yield self
+            finally:
+                f.truncate(0)
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def rows(self) -> list[Row]:
         """All finished rows so far."""
@@ -99,7 +171,7 @@ class RunStore:
 
     def append(self, row: Row) -> None:
         """Append one row and make it durable before returning."""
-        line = json.dumps(row.to_dict(), sort_keys=True, allow_nan=True) + "\n"
+        line = json.dumps(row.to_json(), sort_keys=True, allow_nan=False) + "\n"
         with self.rows_path.open("a") as f:
             f.write(line)
             f.flush()
@@ -117,8 +189,8 @@ class RunStore:
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         """Replace the manifest atomically (schema version added)."""
         tmp = self.manifest_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({**manifest, "schema": SCHEMA_VERSION}, indent=2,
-                                  sort_keys=True, default=str))
+        tmp.write_text(json.dumps(finite({**manifest, "schema": SCHEMA_VERSION}), indent=2,
+                                  sort_keys=True, default=str, allow_nan=False))
         os.replace(tmp, self.manifest_path)
 
 
@@ -171,6 +243,9 @@ def merge_runs(sources: list[Path], target: Path, pick: str = "first") -> tuple[
     if pick not in ("first", "median"):
         raise StoreError(f"pick: {pick!r} is not allowed; allowed: ['first', 'median']")
     runs = find_runs(sources)  # before anything is created
+    if target.exists() and any(target.iterdir()):
+        raise StoreError(f"{target}: not empty; merge writes a new run directory (its "
+                         "manifest lists every source's), so give a path that does not exist")
     store = RunStore.open(target)
     seen = store.done_keys()
     grouped: dict[str, list[Row]] = {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
 from collections.abc import Iterable
 from dataclasses import replace
@@ -25,12 +26,14 @@ from tqdm import tqdm
 from harness.cases import Case
 from harness.config import SweepSettings
 from harness.fingerprint import fingerprint
+from harness.flops import measure_roof
 from harness.grid import cases
 from harness.interop import to_pytest_benchmark
 from harness.measure import base_row
 from harness.memory import MIB
 from harness.rows import Row
-from harness.store import RunStore, iter_status_counts, measured_machine
+from harness.rundir import FREE_KEYS
+from harness.store import RunStore, StoreError, iter_status_counts, measured_machine
 from harness.worker import Supervisor
 from variants.contract import DTYPES
 
@@ -97,9 +100,35 @@ def manifest(s: SweepSettings, resolved: dict[str, Any], store: RunStore, **extr
 
 def run_sweep(s: SweepSettings, out_dir: Path, resolved: dict[str, Any],
               out: TextIO = sys.stdout) -> list[Row]:
-    """Run every missing case of the grid into ``out_dir``; return all rows there."""
+    """Run every missing case of the grid into ``out_dir``; return all rows there.
+
+    The directory is locked for as long as this runs; a new run refuses a directory that
+    already holds one (StoreError, naming it)."""
     store = RunStore.open(out_dir)
+    with store.locked():
+        if not s.resume and (store.rows_path.exists() or store.manifest_path.exists()):
+            raise StoreError(f"{out_dir}: already holds a run; a new run never writes into "
+                             "another's directory (resume= completes it)")
+        return _sweep(s, store, resolved, out)
+
+
+def _extensions(previous: dict[str, Any], resolved: dict[str, Any]) -> list[dict[str, Any]]:
+    """The manifest's record of grid extensions (resume with extend=true)."""
+    old = previous.get("config") or {}
+    changed = {k: {"was": old[k], "now": v} for k, v in resolved.items()
+               if k in old and old[k] != v and k not in FREE_KEYS}
+    done = list(previous.get("extensions", []))
+    if changed:
+        done.append({"at": dt.datetime.now(dt.UTC).isoformat(), "changed": changed})
+    return done
+
+
+def _sweep(s: SweepSettings, store: RunStore, resolved: dict[str, Any],
+           out: TextIO) -> list[Row]:
+    """The locked body of run_sweep."""
+    out_dir = store.directory
     previous = store.read_manifest() or {}
+    extensions = _extensions(previous, resolved)
     started = previous.get("started") or dt.datetime.now(dt.UTC).isoformat()
     all_cases = list(cases(s.grid))
     done = store.done_keys()
@@ -108,12 +137,14 @@ def run_sweep(s: SweepSettings, out_dir: Path, resolved: dict[str, Any],
         _note_oom(frontier, row)
     todo = [c for c in all_cases if c.key() not in done]
     store.write_manifest(manifest(s, resolved, store, started=started, status="running",
-                                  cases_total=len(all_cases)))
+                                  cases_total=len(all_cases), extensions=extensions,
+                                  dropped=store.dropped))
     status = "interrupted"
+    roofs: list[dict[str, Any]] = list(previous.get("roofs", []))
     if s.paced:
         _pace_signal(f"ready {len(todo)} {out_dir.resolve()}")
     try:
-        _run_cases(todo, s, store, frontier)
+        _run_cases(todo, s, store, frontier, roofs)
         status = "complete"
     except (KeyboardInterrupt, PaceEnded):
         print(f"\ninterrupted: {len(store.rows())} rows kept in {out_dir}; finish them with "
@@ -122,7 +153,8 @@ def run_sweep(s: SweepSettings, out_dir: Path, resolved: dict[str, Any],
     finally:
         store.write_manifest(manifest(s, resolved, store, started=started, status=status,
                                       finished=dt.datetime.now(dt.UTC).isoformat(),
-                                      cases_total=len(all_cases)))
+                                      cases_total=len(all_cases), extensions=extensions,
+                                      dropped=store.dropped, roofs=roofs))
     rows = store.rows()
     write_csv(rows, out_dir / "rows.csv")
     write_pytest_benchmark(rows, out_dir / "pytest_benchmark.json",
@@ -131,15 +163,31 @@ def run_sweep(s: SweepSettings, out_dir: Path, resolved: dict[str, Any],
     return rows
 
 
+def checkpoint_roofs(s: SweepSettings, when: str) -> list[dict[str, Any]]:
+    """The GEMM roof and copy bandwidth measured now, per dtype of the grid (the run's start
+    and end: compare and report flag a run whose roof drifted)."""
+    threads = s.grid.measure.threads or torch.get_num_threads()
+    out = []
+    for dtype in s.grid.dtypes:
+        roof = measure_roof.__wrapped__(s.grid.device, dtype, min_run_time=0.3, threads=threads)
+        out.append({"when": when, "at": dt.datetime.now(dt.UTC).isoformat(), "dtype": dtype,
+                    "gflops": roof.gemm_gflops, "copy_gib_s": roof.copy_gib_s,
+                    "load1": os.getloadavg()[0]})
+    return out
+
+
 def _run_cases(todo: list[Case], s: SweepSettings, store: RunStore,
-               frontier: dict[tuple[Any, ...], int]) -> None:
-    """Supervise the remaining cases, appending each row as soon as it exists."""
+               frontier: dict[tuple[Any, ...], int], roofs: list[dict[str, Any]]) -> None:
+    """Supervise the remaining cases, appending each row as soon as it exists; measure the
+    roof before the first and after the last (in a paced run, within this side's turn)."""
     with Supervisor(timeout_s=s.timeout_s) as sup, tqdm(
         total=len(todo), unit="case", file=sys.stderr, dynamic_ncols=True
     ) as bar:
-        for case in todo:
+        for i, case in enumerate(todo):
             if s.paced and not sys.stdin.readline():
                 raise PaceEnded("the driver closed stdin before every case ran")
+            if i == 0 and s.grid.measure.roof:
+                roofs.extend(checkpoint_roofs(s, "start"))
             bar.set_postfix_str(f"{case.spec.label} {case.dtype} {case.mode} "
                                 f"causal={case.causal} B={case.b} N={case.nq}")
             reason = skip_reason(case, frontier, s, free_bytes(case.device))
@@ -150,6 +198,8 @@ def _run_cases(todo: list[Case], s: SweepSettings, store: RunStore,
             store.append(row)
             _note_oom(frontier, row)
             bar.update()
+            if i == len(todo) - 1 and s.grid.measure.roof:
+                roofs.extend(checkpoint_roofs(s, "end"))
             if s.paced:
                 _pace_signal("done")
         if s.paced:  # stop the worker and write outputs only once the other side of an A/B
@@ -180,7 +230,8 @@ def write_csv(rows: Iterable[Row], path: Path) -> None:
 
 def write_pytest_benchmark(rows: list[Row], path: Path, fp: dict[str, Any]) -> None:
     """The derived pytest-benchmark JSON (for github-action-benchmark and its compare)."""
-    path.write_text(json.dumps(to_pytest_benchmark(rows, fp), indent=1, default=str) + "\n")
+    path.write_text(json.dumps(to_pytest_benchmark(rows, fp), indent=1, default=str,
+                               allow_nan=False) + "\n")
 
 
 def print_summary(rows: list[Row], out_dir: Path, out: TextIO) -> None:
