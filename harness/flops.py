@@ -10,6 +10,7 @@ Softmax exponentials and the linear normaliser are not counted, as is usual.
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass
 
 import torch
@@ -60,10 +61,27 @@ class Roof:
     copy_gib_s: float
 
 
+ROOF_MAX_AGE_S = 300.0  # a worker re-measures its roof when the last one is older
+_ROOFS: dict[tuple[str, str, int | None], tuple[float, Roof]] = {}
+
+
+def current_roof(device: str, dtype: str, threads: int | None = None) -> tuple[Roof, float]:
+    """The process's roof for (device, dtype), re-measured when older than ROOF_MAX_AGE_S
+    (so a long run tracks the host); returns it and its age in seconds."""
+    key = (device, dtype, threads)
+    now = time.monotonic()
+    if key not in _ROOFS or now - _ROOFS[key][0] > ROOF_MAX_AGE_S:
+        _ROOFS[key] = (time.monotonic(), measure_roof.__wrapped__(device, dtype,
+                                                                  threads=threads))
+    taken, roof = _ROOFS[key]
+    return roof, now - taken
+
+
 @functools.cache
 def measure_roof(device: str, dtype: str, gemm_size: int = 2048, min_run_time: float = 1.0,
                  threads: int | None = None) -> Roof:
-    """Time an (n, n) x (n, n) GEMM in the dtype and a 256 MiB copy, once per process.
+    """Time an (n, n) x (n, n) GEMM in the dtype and a 256 MiB copy (cached per process;
+    ``measure_roof.__wrapped__`` measures afresh).
 
     A roof is a ceiling, and on a shared machine noise only ever slows a block down, so the
     fastest block (not the median) gives the rate.

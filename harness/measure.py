@@ -12,6 +12,7 @@ oracle check disagrees is still timed and carries status ``mismatch``.
 from __future__ import annotations
 
 import math
+import os
 import time
 import traceback
 from dataclasses import dataclass, replace
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 
 from harness.cases import Case
-from harness.flops import measure_roof, mode_flops
+from harness.flops import current_roof, mode_flops
 from harness.memory import MIB, peak_bytes
 from harness.oracle import Agreement, Shape, check_agreement, make_inputs
 from harness.rows import Row
@@ -93,9 +94,23 @@ def _check(case: Case, s: MeasureSettings) -> dict[str, Any]:
     return _agreement_fields(agreement, shape)
 
 
+class WrongOutput(RuntimeError):
+    """A variant returned something other than a (B, H, Nq, Dv) tensor of the input dtype."""
+
+
 def _attention_fn(case: Case) -> Any:
+    """The variant's attention, its output's shape and dtype checked on every call."""
     variant, cfg, causal = case.spec.variant, case.spec.cfg, case.causal
-    return lambda q, k, v: variant.attention(q, k, v, causal=causal, scale=None, cfg=cfg)
+
+    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        out = variant.attention(q, k, v, causal=causal, scale=None, cfg=cfg)
+        want = (*q.shape[:-1], v.shape[-1])  # (B, H, Nq, Dv)
+        if not isinstance(out, torch.Tensor) or out.shape != want or out.dtype != q.dtype:
+            got = (f"{tuple(out.shape)} {out.dtype}" if isinstance(out, torch.Tensor)
+                   else type(out).__name__)
+            raise WrongOutput(f"{case.spec.label} returned {got}; expected {want} {q.dtype}")
+        return out
+    return attention
 
 
 def _time(case: Case, s: MeasureSettings, threads: int) -> dict[str, Any]:
@@ -146,9 +161,15 @@ def _model(case: Case, row: Row) -> dict[str, Any]:
 
 
 def _roof(case: Case, row: Row, threads: int) -> dict[str, Any]:
-    roof = measure_roof(case.device, case.dtype, threads=threads)
+    """The roof (re-measured every few minutes), efficiency, and the host's load now."""
+    roof, age = current_roof(case.device, case.dtype, threads=threads)
     eff = row.gflops / roof.gemm_gflops if row.gflops else None
-    return {"roof_gflops": roof.gemm_gflops, "efficiency": eff, "copy_gib_s": roof.copy_gib_s}
+    extra = {**row.extra, "roof_age_s": round(age, 1), "load1": os.getloadavg()[0]}
+    if eff is not None and eff > 1:
+        extra["flag"] = (f"efficiency {eff:.0%} of a roof measured {age:.0f} s earlier: the "
+                         "host's speed changed between them (busy or throttled)")
+    return {"roof_gflops": roof.gemm_gflops, "efficiency": eff, "copy_gib_s": roof.copy_gib_s,
+            "extra": extra}
 
 
 def _failure(row: Row, exc: BaseException) -> Row:

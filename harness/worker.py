@@ -50,13 +50,41 @@ def from_request(request: Request) -> Case:
     return Case(spec, **request.fields)
 
 
+@dataclass(frozen=True)
+class CheckRequest:
+    """One (variant spec, dtype, causal) of the agreement matrix, by module path."""
+
+    module: str
+    label: str
+    config: dict[str, Any]
+    dtype: str
+    causal: bool
+    device: str
+    backward: bool
+    seed: int
+
+
+def _check(request: CheckRequest) -> list[dict[str, Any]]:
+    """Run one cell of the agreement matrix in the worker; returns its rows as dicts."""
+    from harness.check import run_cell
+
+    variant = load_module(request.module)
+    spec = VariantSpec(request.label, variant, variant.config_cls(**request.config))
+    rows = run_cell(spec, request.dtype, request.causal, device=request.device,
+                    backward=request.backward, seed=request.seed)
+    return [dataclasses.asdict(r) for r in rows]
+
+
 def _serve(conn: Connection) -> None:
-    """Worker loop: receive requests, send row dicts back, stop on None or Ctrl-C."""
+    """Worker loop: receive requests, send results back, stop on None or Ctrl-C."""
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C reaches the whole process group
         while True:
             request = conn.recv()
             if request is None:
                 return
+            if isinstance(request, CheckRequest):
+                conn.send(_check(request))
+                continue
             row = measure(from_request(request), request.settings)
             conn.send(row.to_dict())
 
@@ -103,19 +131,25 @@ class Supervisor:
         self._conn.close()
         return proc.exitcode
 
-    def run(self, case: Case, settings: MeasureSettings) -> Row:
-        """Measure one case in the worker; crashes and hangs become rows."""
+    def call(self, request: Any) -> tuple[str, Any]:
+        """Send one request to the worker: ("ok", its result), or ("timeout" | "crashed",
+        the reason) when it hung past the timeout or died."""
         conn = self._ensure_worker()
-        conn.send(to_request(case, settings))
+        conn.send(request)
         if not conn.poll(self.timeout_s):
             self._discard_worker(kill=True)
-            return replace(base_row(case), status="timeout",
-                           reason=f"no result within the per-case timeout of {self.timeout_s:g} s")
+            return "timeout", f"no result within the per-case timeout of {self.timeout_s:g} s"
         try:
-            return Row.from_dict(conn.recv())
+            return "ok", conn.recv()
         except (EOFError, ConnectionResetError):
-            code = self._discard_worker(kill=False)
-            return replace(base_row(case), status="crashed", reason=_death(code))
+            return "crashed", _death(self._discard_worker(kill=False))
+
+    def run(self, case: Case, settings: MeasureSettings) -> Row:
+        """Measure one case in the worker; crashes and hangs become rows."""
+        status, result = self.call(to_request(case, settings))
+        if status == "ok":
+            return Row.from_dict(result)
+        return replace(base_row(case), status=status, reason=result)
 
     def close(self) -> None:
         """Ask the worker to stop, then reap it."""

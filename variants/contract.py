@@ -245,4 +245,7 @@ def load_module(path: str) -> Variant:
         module = importlib.import_module(path)
     except ImportError as exc:
         raise ContractError(f"cannot import variant module {path!r}: {exc}") from exc
+    except Exception as exc:  # a bug in the module itself, at import: name it, exit 2
+        raise ContractError(f"variant module {path!r} raised {type(exc).__name__} at import: "
+                            f"{exc}") from exc
     return check_module(module)
