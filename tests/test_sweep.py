@@ -116,7 +116,7 @@ def test_bad_variants_are_contained(harness_env, tmp_path: Path) -> None:
     result = run_harness(
         ["sweep", "sweep=smoke", f"extra_variants=[{extra}]",
          f"variants=[naive,{','.join(bad)},sdpa]", "seq_lens=[16,32]", "modes=[fwd]",
-         "causal=[false]", "timeout_s=15", f"resume={out}"], harness_env)
+         "causal=[false]", "timeout_s=15", f"run_dir={out}"], harness_env)
     assert result.returncode == 0, result.stderr[-2000:]
     status = {(r.label, r.nq): (r.status, r.reason) for r in read_rows(out)}
     assert len(status) == 12
@@ -138,7 +138,7 @@ def _keys(rows: list[Row]) -> list[str]:
 def test_kill_9_then_resume_gives_exactly_the_grid(harness_env, tmp_path: Path) -> None:
     """kill -9 of the driver mid-sweep, then resume: every case once, no duplicates."""
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "harness", "sweep", "sweep=smoke", *TINY, f"resume={out}"]
+    args = [sys.executable, "-m", "harness", "sweep", "sweep=smoke", *TINY, f"run_dir={out}"]
     proc = subprocess.Popen(args, cwd=ROOT, env=harness_env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     rows_file = out / "rows.jsonl"
@@ -219,7 +219,7 @@ def test_ctrl_c_keeps_rows_and_says_how_to_resume(harness_env, tmp_path: Path) -
     out = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness", "sweep", "sweep=smoke", *TINY, "min_run_time=0.2",
-         f"resume={out}"], cwd=ROOT, env=harness_env, stdout=subprocess.DEVNULL,
+         f"run_dir={out}"], cwd=ROOT, env=harness_env, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True, start_new_session=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     rows_file = out / "rows.jsonl"
