@@ -190,6 +190,25 @@ def cmd_ab(argv: list[str]) -> int:
     return run_ab(argv)
 
 
+def cmd_doctor(argv: list[str]) -> int:
+    """What this machine can run: python -m harness doctor [--device cpu|cuda]."""
+    from harness.doctor import report
+
+    p = argparse.ArgumentParser(prog="python -m harness doctor",
+                                description=COMMANDS["doctor"][1])
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu",
+                   help="device to probe (default: cuda when available, else cpu)")
+    args = p.parse_args(argv)
+    print(report(args.device))
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def cmd_export(argv: list[str]) -> int:
     """Write a run's rows as pytest-benchmark JSON: python -m harness export RUN [--out FILE]."""
     from harness.compare_cli import run_export
@@ -211,11 +230,12 @@ COMMANDS = {
     "merge": (cmd_merge, "combine run directories (shards, or replicates) into one"),
     "compare": (cmd_compare, "regression gate between two result sets, with exit codes"),
     "ab": (cmd_ab, "two revisions measured interleaved on this host, then compared"),
+    "doctor": (cmd_doctor, "versions, devices, and which xformers ops and SDPA backends run here"),
     "export": (cmd_export, "write a run's rows as pytest-benchmark JSON"),
     "report": (cmd_report, "report.md with tables and figures (PNG, SVG) for runs"),
 }
 # commands that parse their own --options
-OWN_OPTIONS = ("merge", "compare", "ab", "export", "report")
+OWN_OPTIONS = ("merge", "compare", "ab", "doctor", "export", "report")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -76,6 +76,16 @@ def fingerprint_lines(results: ResultSet) -> list[str]:
     env = soft.get("env") or {}
     if env:
         lines.append("- **Environment**: " + ", ".join(f"{k}={v}" for k, v in env.items()))
+    doctor = man.get("doctor") or {}
+    if doctor:
+        build = doctor.get("xformers_build") or {}
+        sdpa = {k: len(v) for k, v in (doctor.get("sdpa_backends_can_run") or {}).items()}
+        ops = sorted(k for k, v in (doctor.get("xformers_ops_can_run") or {}).items() if v)
+        lines.append(
+            f"- **Kernels here** (`harness doctor`): SDPA backends by dtype/D cells they run "
+            f"{sdpa}; xformers ops that run: {', '.join(ops) or 'none'}; xformers built for "
+            f"torch {build.get('built_for_torch')}, extension "
+            f"{'loaded' if build.get('extension_loaded') else 'not loaded'}")
     lines += [f"- **Warning, noisy host**: {w}" for w in results.noise]
     lines += [f"- **Warning, incomplete**: {p}" for p in results.problems]
     return lines

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from harness.cases import Case
 from harness.config import SweepSettings
+from harness.doctor import summary as doctor_summary
 from harness.fingerprint import fingerprint
 from harness.flops import measure_roof
 from harness.grid import cases
@@ -94,6 +95,7 @@ def manifest(s: SweepSettings, resolved: dict[str, Any], store: RunStore, **extr
     soft = {**fp.soft, **measured_machine(rows)}
     return {
         "preset": s.preset, "config": resolved, "fingerprint": {"hard": fp.hard, "soft": soft},
+        "doctor": doctor_summary(s.grid.device),
         "counts": dict(iter_status_counts(rows)), "rows": len(rows), **extra,
     }
 

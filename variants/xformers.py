@@ -79,16 +79,49 @@ def _op(cfg: Config) -> Any:
     return getattr(fmha, OPS[cfg.op])
 
 
+#: modules of xformers.ops.fmha holding FMHA ops (FwOp, and BwOp where there is one)
+FMHA_MODULES = ("cutlass", "flash", "triton_splitk", "flash3", "ck")
+#: Config.op -> the modules whose ops it may dispatch to
+CANDIDATES = {"auto": FMHA_MODULES, "cutlass": ("cutlass",), "flash": ("flash",)}
+
+
+def op_reasons(device: str, dtype: torch.dtype, *, head_dim: int = 64, causal: bool = False,
+               backward: bool = False, modules: tuple[str, ...] = FMHA_MODULES,
+               ) -> dict[str, list[str]]:
+    """Per xformers FMHA op (its NAME): why it cannot run such inputs, in xformers' own words
+    (``not_supported_reasons``, what its dispatcher asks); [] means it can. ``harness
+    doctor`` prints the same probe."""
+    from xformers.ops import fmha
+    from xformers.ops.fmha.common import Inputs
+
+    q = torch.zeros(1, 2, 2, head_dim, device=device, dtype=dtype)  # (B, N, H, D)
+    inputs = Inputs(q, q, q, attn_bias=causal_bias(causal))
+    out = {}
+    for name in modules:
+        module = getattr(fmha, name, None)
+        for kind in ("FwOp", "BwOp") if backward else ("FwOp",):
+            op = getattr(module, kind, None)
+            if op is not None:
+                out[op.NAME] = list(op.not_supported_reasons(inputs))
+    return out
+
+
 def unavailable_reason(
     device: str, dtype: torch.dtype, *, causal: bool, backward: bool, cfg: Config
 ) -> str | None:
-    """CPU has no kernels; on CUDA a tiny probe asks xformers whether an op accepts the case."""
-    if device == "cpu":
-        return "xformers 0.0.35 has no CPU kernels (memory_efficient_attention is CUDA-only)"
+    """Unavailable when no op this config may dispatch to accepts the case, in xformers' own
+    words (the probe ``harness doctor`` prints); on CUDA a tiny call confirms it."""
     try:
         import xformers.ops  # noqa: F401
     except ImportError as exc:
         return f"xformers cannot be imported: {exc}"
+    reasons = op_reasons(device, dtype, causal=causal, backward=backward,
+                         modules=CANDIDATES[cfg.op])
+    if not any(not why for why in reasons.values()):
+        return "no xformers op accepts these inputs: " + "; ".join(
+            f"{name}: {', '.join(why)}" for name, why in reasons.items())
+    if device == "cpu":  # an op that says yes on CPU would still have no kernel to run
+        return "xformers has no CPU kernels (memory_efficient_attention is CUDA-only)"
     probe = torch.zeros(1, 2, 1, 64, device=device, dtype=dtype, requires_grad=backward)
     try:
         attention(probe, probe, probe, causal=causal, cfg=cfg)
