@@ -336,7 +336,9 @@ def test_roof_drift_and_efficiency_above_100_percent_are_flagged(harness_env, tm
     warned about, and compare says so."""
     out = tmp_path / "run"
     assert sweep(harness_env, f"run_dir={out}").returncode == 0
-    roofs = json.loads((out / "manifest.json").read_text())["roofs"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "math" in manifest["doctor"]["sdpa_backends_can_run"]  # issue 14's doctor summary
+    roofs = manifest["roofs"]
     assert [r["when"] for r in roofs] == ["start", "end"] and all(r["gflops"] > 0 for r in roofs)
     assert all("load1" in r.extra for r in read_rows(out))
     manifest = {"roofs": [{"dtype": "fp32", "gflops": 400.0}, {"dtype": "fp32", "gflops": 200.0}]}

@@ -81,11 +81,18 @@ def test_sdpa_pinned_backend_rejecting_inputs_is_unavailable() -> None:
 
 
 def test_xformers_is_unavailable_on_cpu_with_reason() -> None:
-    """xformers 0.0.35 has no CPU kernels; the reason says so."""
+    """xformers 0.0.35 has no CPU kernels; the reason is each op's own, from the probe that
+    harness doctor prints (never is_available() alone, which says True for cutlassF-pt)."""
+    from xformers.ops import fmha
+
     xf = variants.get("xformers")
     reason = xf.unavailable_reason("cpu", torch.float16, causal=False, backward=True,
                                    cfg=xf.config_cls())
-    assert reason and "no CPU kernels" in reason
+    assert reason and "cutlassF-pt: device=cpu (supported: {'cuda'})" in reason
+    assert "cutlassB-pt" in reason and fmha.cutlass.FwOp.is_available()
+    flash = xf.unavailable_reason("cpu", torch.float16, causal=False, backward=False,
+                                  cfg=xf.presets["flash"])
+    assert flash.startswith("no xformers op accepts") and "cutlass" not in flash
 
 
 def test_xformers_layout_round_trip(qkv) -> None:
