@@ -171,7 +171,7 @@ def checkpoint_roofs(s: SweepSettings, when: str) -> list[dict[str, Any]]:
     threads = s.grid.measure.threads or torch.get_num_threads()
     out = []
     for dtype in s.grid.dtypes:
-        roof = measure_roof.__wrapped__(s.grid.device, dtype, min_run_time=0.3, threads=threads)
+        roof = measure_roof.__wrapped__(s.grid.device, dtype, threads=threads)  # as workers do
         out.append({"when": when, "at": dt.datetime.now(dt.UTC).isoformat(), "dtype": dtype,
                     "gflops": roof.gemm_gflops, "copy_gib_s": roof.copy_gib_s,
                     "load1": os.getloadavg()[0]})
