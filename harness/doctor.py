@@ -18,11 +18,12 @@ import json
 import os
 import platform
 import warnings
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from harness.fingerprint import package_version
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 HEAD_DIMS = (64, 128, 256)
@@ -35,19 +36,12 @@ EXTENSION_SCOPE = ("affects sparse24 and merge-attention ops only; attention doe
                    "_flash_attention_* kernels (SDPA's efficient and flash backends)")
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def versions() -> dict[str, Any]:
     """Python, torch, its CUDA and cuDNN, triton and xformers versions."""
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     return {"python": platform.python_version(), "torch": torch.__version__,
-            "cuda": torch.version.cuda, "cudnn": cudnn, "triton": _version("triton"),
-            "xformers": _version("xformers"), "attnbench": _version("attnbench")}
+            "cuda": torch.version.cuda, "cudnn": cudnn, "triton": package_version("triton"),
+            "xformers": package_version("xformers"), "attnbench": package_version("attnbench")}
 
 
 def devices() -> list[str]:

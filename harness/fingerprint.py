@@ -32,7 +32,8 @@ class Fingerprint:
     soft: dict[str, Any] = field(default_factory=dict)
 
 
-def _version(dist: str) -> str | None:
+def package_version(dist: str) -> str | None:
+    """An installed distribution's version, or None."""
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
@@ -100,10 +101,10 @@ def fingerprint(device: str, resolved_config: Any = None) -> Fingerprint:
         "device": torch.device(device).type,
         "device_model": gpu.get("gpu_name", cpu["cpu_model"]),
         "python": platform.python_version(), "torch": torch.__version__,
-        "xformers": _version("xformers"),
+        "xformers": package_version("xformers"),
     }
     soft = {
-        "attnbench": _version("attnbench"), **_git(), **cpu, **gpu,
+        "attnbench": package_version("attnbench"), **_git(), **cpu, **gpu,
         "threads": torch.get_num_threads(),
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
