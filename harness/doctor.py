@@ -15,6 +15,7 @@ import contextlib
 import functools
 import io
 import json
+import logging
 import os
 import platform
 import warnings
@@ -58,6 +59,9 @@ def devices() -> list[str]:
 @functools.cache
 def _xformers_quietly() -> Any:
     """Import xformers with its extension warning captured; None when not installed."""
+    logger = logging.getLogger("xformers")  # it logs the warning; Hydra sends logs to stdout
+    level = logger.level
+    logger.setLevel(logging.ERROR)
     with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -65,6 +69,8 @@ def _xformers_quietly() -> Any:
             import xformers.ops
         except ImportError:
             return None
+        finally:
+            logger.setLevel(level)
     return xformers
 
 

@@ -72,7 +72,7 @@ def test_paced_sweep_runs_one_case_per_line_and_stops_at_eof(harness_env, tmp_pa
            f"results_dir={tmp_path}", "paced=true"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=harness_env, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    ready = proc.stdout.readline().split()
+    ready = next(line for line in proc.stdout if line.startswith("@attnbench-pace")).split()
     assert ready[:2] == ["@attnbench-pace", "ready"] and int(ready[2]) == 36
     run_dir = Path(ready[3])
     for _ in range(2):
