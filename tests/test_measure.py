@@ -79,12 +79,16 @@ def test_memory_efficient_at_8192_is_an_eighth_of_naive_model() -> None:
 
 
 def test_same_case_twice_gives_close_medians() -> None:
-    """Two measurements of one case in one process agree within 10% (medians)."""
+    """Two measurements of one case in one process agree within 10% (fastest blocks).
+
+    Medians are hostage to this host's bursts (one CI run read 88 against 64 ms for the same
+    case); the fastest block of each measurement is what a systematic difference between a
+    first and a second measurement would move."""
     settings = MeasureSettings(min_run_time=1.0, check=False, memory=False, roof=False)
     first = measure(case("sdpa", 2048), settings)
     second = measure(case("sdpa", 2048), settings)
     assert first.status == second.status == "ok"
-    assert second.median_ms == pytest.approx(first.median_ms, rel=0.10)
+    assert min(second.times_ms) == pytest.approx(min(first.times_ms), rel=0.10)
 
 
 def test_measure_overhead_is_bounded() -> None:
