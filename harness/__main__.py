@@ -24,9 +24,10 @@ from harness.config import (
     register_schemas,
     sweep_settings,
 )
+from harness.resources import conf_dir
 from harness.store import StoreError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = conf_dir()
 USAGE_ERROR = 2
 
 
@@ -140,7 +141,7 @@ def _hydra_sweep(overrides: list[str]) -> None:
 
     from harness.sweep import run_sweep
 
-    @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     def task(cfg: DictConfig) -> None:
         settings = sweep_settings(OmegaConf.to_object(cfg))
         out_dir = Path(HydraConfig.get().runtime.output_dir)

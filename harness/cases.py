@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
+from typing import Any
 
-from harness.oracle import Shape
 from harness.specs import VariantSpec
-
-MODES = ("fwd", "bwd", "fwd+bwd")
+from harness.vocab import MODES, case_key
+from variants.contract import Shape
 
 
 @dataclass(frozen=True)
@@ -44,15 +43,25 @@ class Case:
         """Whether the mode includes a backward pass."""
         return self.mode != "fwd"
 
-    def config_dict(self) -> dict[str, object]:
+    @property
+    def variant(self) -> str:
+        """The variant's registry name."""
+        return self.spec.name
+
+    @property
+    def label(self) -> str:
+        """The spec as written (``sdpa@flash``): what tables and legends show."""
+        return self.spec.label
+
+    @property
+    def config(self) -> dict[str, Any]:
         """The variant's configuration as plain data."""
         return dataclasses.asdict(self.spec.cfg)
 
+    def config_dict(self) -> dict[str, Any]:
+        """The variant's configuration as plain data (same as ``config``)."""
+        return self.config
+
     def key(self) -> str:
-        """A stable identity: variant, its config, device, dtype, mode, causal and shapes."""
-        parts = {
-            "variant": self.spec.name, "config": self.config_dict(), "device": self.device,
-            "dtype": self.dtype, "mode": self.mode, "causal": self.causal,
-            "b": self.b, "h": self.h, "nq": self.nq, "nk": self.nk, "d": self.d,
-        }
-        return json.dumps(parts, sort_keys=True, separators=(",", ":"))
+        """A stable identity across runs (``harness.vocab.case_key``)."""
+        return case_key(self)

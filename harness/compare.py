@@ -23,9 +23,8 @@ from scipy import stats
 
 from harness.results import ResultSet
 from harness.rows import Row
+from harness.vocab import FAILING, MEASURED, Status, describe
 
-FAILING = frozenset({"oom", "error", "mismatch", "crashed", "timeout"})
-MEASURED = frozenset({"ok", "mismatch"})
 ROOF = "roof"  # the reference that divides by the run's measured GEMM roof
 MACHINE_KEYS = frozenset({"device_model"})  # relaxed by across_machines
 VERSION_KEYS = frozenset({"python", "torch", "xformers"})  # relaxed by across_versions
@@ -72,16 +71,6 @@ class Verdict:
     reason: str = ""
 
 
-def describe(row: Row) -> str:
-    """A case in words: ``sdpa fp32 fwd causal B=1 H=4 N=128 D=64``."""
-    if not row.mode:  # a foreign pytest-benchmark entry
-        return row.label
-    n = f"N={row.nq}" if row.nq == row.nk else f"Nq={row.nq} Nk={row.nk}"
-    mask = "causal" if row.causal else "full"
-    return (f"{row.label} {row.device} {row.dtype} {row.mode} {mask} B={row.b} H={row.h} {n} "
-            f"D={row.d}")
-
-
 def hard_differences(base: ResultSet, new: ResultSet) -> dict[str, str]:
     """Hard fingerprint keys both sets know and that differ: key -> the two values in words."""
     keys = sorted(base.hard.keys() & new.hard.keys())
@@ -103,7 +92,7 @@ def scales(rows: Iterable[Row], reference: str | None) -> dict[str, float | str]
         return {r.key: r.roof_gflops if r.roof_gflops else "no measured roof in this row"
                 for r in rows}
     refs = {_shape(r): r.median_ms for r in rows
-            if r.label == reference and r.status == "ok" and r.median_ms}
+            if r.label == reference and r.status == Status.OK and r.median_ms}
     return {r.key: 1.0 / refs[_shape(r)] if _shape(r) in refs
             else f"no ok {reference!r} row at this shape" for r in rows}
 
@@ -112,9 +101,9 @@ def _status_state(base: Row, new: Row) -> str | None:
     """States decided by statuses alone, or None when both were measured alike."""
     b_in, n_in = base.status in MEASURED, new.status in MEASURED
     if b_in and n_in:
-        if base.status == "ok" and new.status == "mismatch":
+        if base.status == Status.OK and new.status == Status.MISMATCH:
             return "now failing"
-        return "fixed" if (base.status, new.status) == ("mismatch", "ok") else None
+        return "fixed" if (base.status, new.status) == (Status.MISMATCH, Status.OK) else None
     if b_in:
         return "now failing"
     if n_in:

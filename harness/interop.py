@@ -22,10 +22,11 @@ from typing import Any
 from pytest_benchmark.stats import Stats
 
 from harness.rows import SCHEMA_VERSION, Row, finite
+from harness.vocab import MEASURED, Status, describe
 
 FORMAT = "pytest-benchmark"
 VERSION = "5.3.1"  # the pytest-benchmark JSON layout we write (pinned in pyproject.toml)
-EXPORTED = ("ok", "mismatch")  # rows with times; others have nothing for these tools to plot
+EXPORTED = MEASURED  # rows with times; others have nothing for these tools to plot
 UNMEASURED = "attnbench_unmeasured"
 
 
@@ -37,9 +38,7 @@ def is_pytest_benchmark(data: Any) -> bool:
 
 def case_name(row: Row) -> str:
     """The benchmark name of a row, e.g. ``sdpa[fp32-fwd-causal-B1-H4-N128-D64]``."""
-    n = f"N{row.nq}" if row.nq == row.nk else f"N{row.nq}x{row.nk}"
-    mask = "causal" if row.causal else "full"
-    return f"{row.label}[{row.dtype}-{row.mode}-{mask}-B{row.b}-H{row.h}-{n}-D{row.d}]"
+    return describe(row, "id")
 
 
 def _entry(row: Row) -> dict[str, Any]:
@@ -92,7 +91,7 @@ def _foreign_row(bench: dict[str, Any]) -> Row:
     return Row(
         key=bench.get("fullname") or name, variant=name.split("[")[0], label=name,
         config=bench.get("params") or {}, device="", dtype="", mode="", causal=False,
-        b=0, h=0, nq=0, nk=0, d=0, status="ok", schema=SCHEMA_VERSION,
+        b=0, h=0, nq=0, nk=0, d=0, status=Status.OK, schema=SCHEMA_VERSION,
         times_ms=tuple(x * 1e3 for x in data), median_ms=stats["median"] * 1e3,
         iqr_ms=stats.get("iqr", 0.0) * 1e3, samples=len(data),
         number_per_run=stats.get("iterations", 1),

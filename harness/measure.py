@@ -11,6 +11,7 @@ oracle check disagrees is still timed and carries status ``mismatch``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -26,6 +27,7 @@ from harness.memory import MIB, peak_bytes
 from harness.oracle import Agreement, Shape, check_agreement, make_inputs
 from harness.rows import Row
 from harness.timing import time_callable, timed_callable
+from harness.vocab import Status
 from variants.contract import DTYPES, Unavailable
 
 MEMORY_DEVICES = ("cpu", "cuda")  # where harness/memory.py can measure peaks
@@ -66,11 +68,13 @@ def check_shape(case: Case, max_scores: int) -> Shape:
 
 def base_row(case: Case) -> Row:
     """A row carrying only the case's identity (status filled in by the caller)."""
+    defaults = dataclasses.asdict(case.spec.variant.config_cls())
     return Row(
-        key=case.key(), variant=case.spec.name, label=case.spec.label,
-        config=case.config_dict(), device=case.device, dtype=case.dtype, mode=case.mode,
-        causal=case.causal, b=case.b, h=case.h, nq=case.nq, nk=case.nk, d=case.d, status="ok",
-        extra={"definition": case.spec.variant.definition(case.spec.cfg)},
+        key=case.key(), variant=case.variant, label=case.label, config=case.config,
+        device=case.device, dtype=case.dtype, mode=case.mode, causal=case.causal,
+        b=case.b, h=case.h, nq=case.nq, nk=case.nk, d=case.d, status=Status.OK,
+        extra={"definition": case.spec.variant.definition(case.spec.cfg),
+               "config_diff": {k: v for k, v in case.config.items() if defaults.get(k) != v}},
     )
 
 
@@ -175,11 +179,11 @@ def _roof(case: Case, row: Row, threads: int) -> dict[str, Any]:
 def _failure(row: Row, exc: BaseException) -> Row:
     """Turn a recorded failure into the row's status and reason."""
     if isinstance(exc, Unavailable):
-        return replace(row, status="unavailable", reason=str(exc))
+        return replace(row, status=Status.UNAVAILABLE, reason=str(exc))
     if is_oom(exc):
-        return replace(row, status="oom", reason=str(exc).strip().splitlines()[0][:300])
+        return replace(row, status=Status.OOM, reason=str(exc).strip().splitlines()[0][:300])
     tail = "".join(traceback.format_exception(exc)[-3:]).strip()
-    return replace(row, status="error", reason=f"{type(exc).__name__}: {exc}\n{tail}")
+    return replace(row, status=Status.ERROR, reason=f"{type(exc).__name__}: {exc}\n{tail}")
 
 
 def _measure(case: Case, s: MeasureSettings, row: Row) -> Row:
@@ -195,7 +199,7 @@ def _measure(case: Case, s: MeasureSettings, row: Row) -> Row:
     row = replace(row, **_model(case, row))
     if s.roof:
         row = replace(row, **_roof(case, row, threads))
-    return replace(row, status="mismatch" if row.check_ok is False else "ok")
+    return replace(row, status=Status.MISMATCH if row.check_ok is False else Status.OK)
 
 
 def measure(case: Case, settings: MeasureSettings | None = None) -> Row:
@@ -207,7 +211,7 @@ def measure(case: Case, settings: MeasureSettings | None = None) -> Row:
             case.device, DTYPES[case.dtype], causal=case.causal, backward=case.backward,
             cfg=case.spec.cfg,
         )
-        row = replace(row, status="unavailable", reason=reason) if reason else _measure(
+        row = replace(row, status=Status.UNAVAILABLE, reason=reason) if reason else _measure(
             case, s, row)
     except Exception as exc:  # anything the variant raised is recorded, traceback tail too
         row = _failure(row, exc)

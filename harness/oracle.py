@@ -35,6 +35,7 @@ import torch
 from variants.contract import (
     LinearAttention,
     Semantics,
+    Shape,
     SoftmaxAttention,
     SparseSoftmax,
     Variant,
@@ -52,21 +53,6 @@ ATOL_FLOOR: Mapping[torch.dtype, float] = {
     torch.bfloat16: 1e-3,
     torch.float16: 1e-3,
 }
-
-
-@dataclass(frozen=True)
-class Shape:
-    """An attention problem size: q (B, H, Nq, D), k/v (B, H, Nk, D)."""
-
-    b: int
-    h: int
-    nq: int
-    nk: int
-    d: int
-
-    def label(self) -> str:
-        """Short human label such as B2 H3 Nq127 Nk257 D64."""
-        return f"B{self.b} H{self.h} Nq{self.nq} Nk{self.nk} D{self.d}"
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SCHEMA_VERSION = 1
-STATUSES = ("ok", "mismatch", "unavailable", "oom", "timeout", "crashed", "error", "skipped")
 
 
 @dataclass(frozen=True)
@@ -32,7 +31,7 @@ class Row:
     nq: int
     nk: int
     d: int
-    status: str
+    status: str  # a harness.vocab.Status
     reason: str = ""
     schema: int = SCHEMA_VERSION
     # time

@@ -62,6 +62,21 @@ ALL_DTYPES: frozenset[torch.dtype] = frozenset(DTYPES.values())
 
 
 @dataclass(frozen=True)
+class Shape:
+    """An attention problem size: q (B, H, Nq, D), k/v (B, H, Nk, D)."""
+
+    b: int
+    h: int
+    nq: int
+    nk: int
+    d: int
+
+    def label(self) -> str:
+        """Short human label such as B2 H3 Nq127 Nk257 D64."""
+        return f"B{self.b} H{self.h} Nq{self.nq} Nk{self.nk} D{self.d}"
+
+
+@dataclass(frozen=True)
 class Supports:
     """What a variant can run: devices, dtypes, causal masking and backward."""
 

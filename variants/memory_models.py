@@ -12,16 +12,13 @@ from dataclasses import dataclass
 
 import torch
 
+from variants.contract import Shape
+
 
 @dataclass(frozen=True)
-class Dims:
-    """Problem size and element sizes for a memory model."""
+class Dims(Shape):
+    """A problem size plus the element sizes a memory model needs."""
 
-    b: int
-    h: int
-    nq: int
-    nk: int
-    d: int
     e: int  # bytes per input element
     c: int  # bytes per element of the compute dtype
 

@@ -1,0 +1,91 @@
+"""The project's words, each defined once, at the bottom of the import graph: the row
+statuses and their groupings, the measurement modes, and a case's identity (which fields
+make a case, its stable key, and how it reads in words).
+
+Sweep, check, compare, interop and report all import these; nothing here imports them.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Any, Literal, Protocol
+
+
+class Status(StrEnum):
+    """What became of one case. Rows store the plain string (``Status.OK == "ok"``)."""
+
+    OK = "ok"  # measured, and the oracle agreed (or was not asked)
+    MISMATCH = "mismatch"  # measured, but the oracle disagreed: timed, and wrong
+    UNAVAILABLE = "unavailable"  # the variant cannot run this here (its reason says why)
+    OOM = "oom"  # ran out of memory
+    TIMEOUT = "timeout"  # the supervised worker gave no result within timeout_s
+    CRASHED = "crashed"  # the worker process died (a segfault, a kill)
+    ERROR = "error"  # the variant raised something else (a bug; the traceback tail is kept)
+    SKIPPED = "skipped"  # not attempted: OOM frontier or predicted OOM
+
+
+#: statuses whose rows carry times (a mismatch is timed too, and flagged)
+MEASURED: frozenset[str] = frozenset({Status.OK, Status.MISMATCH})
+#: statuses that mean the case failed: compare calls a move into them "now failing",
+#: and check fails its matrix on them
+FAILING: frozenset[str] = frozenset(
+    {Status.MISMATCH, Status.OOM, Status.TIMEOUT, Status.CRASHED, Status.ERROR}
+)
+#: statuses a supervised worker reports for a request that gave no result
+WORKER_FAILURES: frozenset[str] = frozenset({Status.TIMEOUT, Status.CRASHED})
+
+#: what is timed: the forward call, the backward call alone, or both
+MODES: tuple[str, ...] = ("fwd", "bwd", "fwd+bwd")
+
+#: the fields that identify a case across runs, in the order a key lists them; ``label``
+#: (the spec as written) is not among them: ``sdpa`` and ``sdpa:backend=auto`` are one case
+IDENTITY: tuple[str, ...] = (
+    "variant", "config", "device", "dtype", "mode", "causal", "b", "h", "nq", "nk", "d",
+)
+
+
+class CaseLike(Protocol):
+    """Anything that carries a case's identity: a Case, a Row."""
+
+    label: str
+    device: str
+    dtype: str
+    mode: str
+    causal: bool
+    b: int
+    h: int
+    nq: int
+    nk: int
+    d: int
+
+
+def case_key(case: Any) -> str:
+    """A case's stable identity as compact JSON of the IDENTITY fields, sorted."""
+    parts = {name: getattr(case, name) for name in IDENTITY}
+    return json.dumps(parts, sort_keys=True, separators=(",", ":"))
+
+
+Style = Literal["text", "id", "setting"]
+
+
+def describe(case: CaseLike, style: Style = "text") -> str:
+    """A case in words, one way for the whole project.
+
+    ``text``: ``sdpa cpu fp32 fwd causal B=1 H=4 N=128 D=64`` (sweep, compare, ab);
+    ``id``: ``sdpa[fp32-fwd-causal-B1-H4-N128-D64]`` (a pytest-benchmark name: stable across
+    releases, since benchmark histories are keyed by it);
+    ``setting``: ``cpu fp32 fwd causal H=8 D=64`` (what one report table shares: no variant,
+    B or N).
+    """
+    mask = "causal" if case.causal else "full"
+    if style == "setting":
+        return f"{case.device} {case.dtype} {case.mode} {mask} H={case.h} D={case.d}"
+    if style == "id":
+        n = f"N{case.nq}" if case.nq == case.nk else f"N{case.nq}x{case.nk}"
+        return f"{case.label}[{case.dtype}-{case.mode}-{mask}-B{case.b}-H{case.h}-{n}-D{case.d}]"
+    if not case.mode:  # a foreign pytest-benchmark entry: it has a name and nothing else
+        return case.label
+    n = f"N={case.nq}" if case.nq == case.nk else f"Nq={case.nq} Nk={case.nk}"
+    return (f"{case.label} {case.device} {case.dtype} {case.mode} {mask} B={case.b} "
+            f"H={case.h} {n} D={case.d}")
