@@ -1,54 +1,67 @@
-"""Typed configuration: Hydra schemas (registered in the ConfigStore) and the frozen,
-validated settings that everything below the CLI receives.
+"""Typed configuration, each default written once.
 
-``harness/__main__.py`` composes Hydra config, turns it into a schema object once with
-``OmegaConf.to_object``, and calls a ``*_settings`` function here; nothing below that
-boundary sees a DictConfig. Errors name the field and what is allowed.
+The ``*Conf`` dataclasses are the Hydra schemas (registered in the ConfigStore): their field
+defaults are the project's defaults, and YAML files under ``conf/`` only override them.
+``OmegaConf.to_object`` turns a composed config into one of them once, and its
+``__post_init__`` validates every plain value, naming the field and what is allowed. The
+``*_settings`` functions then resolve what needs the machine or the registry (variant specs,
+the device) into frozen ``*Settings`` that everything below the CLI receives; nothing below
+that boundary sees a DictConfig.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, get_type_hints
+from typing import Any
 
 import torch
 
 import variants as registry
-from harness.cases import MODES
-from harness.measure import MeasureSettings
 from harness.specs import SpecError, VariantSpec, dedupe, default_specs, parse_spec, spec_name
+from harness.vocab import MODES
 from variants.contract import DEVICES, DTYPES, ContractError
 
 CHECK_DTYPES = ("fp32", "bf16", "fp16")
+GRID_DTYPES = (*CHECK_DTYPES, "fp64")
+TIMEOUT_S = 600.0  # per case (sweep, measure) or per matrix cell (check), in a worker
 
 
 class ConfigError(ValueError):
     """Bad user configuration; the message names the field and what is allowed."""
 
 
-@dataclass
-class CheckConf:
-    """Hydra schema of ``python -m harness check`` (conf/check.yaml)."""
+@dataclass(frozen=True)
+class MeasureSettings:
+    """How hard to measure one case: timing budget, threads, and what else to collect."""
 
-    variants: list[str] = field(default_factory=list)
-    extra_variants: list[str] = field(default_factory=list)
-    dtypes: list[str] = field(default_factory=lambda: list(CHECK_DTYPES))
-    device: str = "cpu"
-    causal: list[bool] = field(default_factory=lambda: [False, True])
-    backward: bool = True
+    min_run_time: float = 0.5  # seconds of timed blocks per case (blocked_autorange)
+    min_samples: int = 1  # blocks at least (compare needs 8 a side to decide)
+    threads: int = 0  # 0: torch's default
+    check: bool = True  # run the float64 oracle for each case
+    check_max_scores: int = 2**22  # B*H*Nq*Nk above which the oracle runs at a smaller shape
+    memory: bool = True  # measure peak memory (a separate pass)
+    roof: bool = True  # measure the GEMM roof the efficiency divides by
     seed: int = 0
-    timeout_s: float = 600.0  # per (variant, dtype, causal) cell, in a supervised worker
+
+    def __post_init__(self) -> None:
+        if not self.min_run_time > 0:
+            raise ConfigError(f"min_run_time: must be > 0 seconds, got {self.min_run_time!r}")
+        if self.min_samples < 1:
+            raise ConfigError(f"min_samples: must be an int >= 1, got {self.min_samples!r}")
+        if self.threads < 0:
+            raise ConfigError(f"threads: must be >= 0 (0 = torch's default), got {self.threads!r}")
 
 
 @dataclass
 class MeasureConf:
-    """Hydra schema of ``python -m harness measure`` (conf/measure.yaml)."""
+    """Hydra schema of ``python -m harness measure`` (conf/measure.yaml): a grid of cases."""
 
-    variants: list[str] = field(default_factory=list)
-    extra_variants: list[str] = field(default_factory=list)
-    device: str = "cpu"
+    variants: list[str] = field(default_factory=list)  # specs; empty: every variant and preset
+    exclude: list[str] = field(default_factory=list)  # with variants=[]: labels/patterns to drop
+    extra_variants: list[str] = field(default_factory=list)  # dotted paths of your own variants
+    device: str = "cpu"  # auto | cpu | cuda | mps
     dtypes: list[str] = field(default_factory=lambda: ["fp32"])
     modes: list[str] = field(default_factory=lambda: ["fwd"])
     causal: list[bool] = field(default_factory=lambda: [False])
@@ -56,13 +69,71 @@ class MeasureConf:
     heads: int = 8
     head_dim: int = 64
     seq_lens: list[int] = field(default_factory=lambda: [1024])
-    min_run_time: float = 0.5
-    min_samples: int = 1
-    threads: int = 0
-    check: bool = True
-    memory: bool = True
+    min_run_time: float = MeasureSettings.min_run_time
+    min_samples: int = MeasureSettings.min_samples
+    threads: int = MeasureSettings.threads
+    check: bool = MeasureSettings.check
+    memory: bool = MeasureSettings.memory
+    seed: int = MeasureSettings.seed
+    timeout_s: float = TIMEOUT_S  # per case (oracle, timing and memory pass together)
+
+    def __post_init__(self) -> None:
+        device_name(self.device)
+        check_dtypes(self.dtypes, GRID_DTYPES)
+        choices("modes", self.modes, MODES)
+        choices("causal", self.causal, (False, True))
+        for name in ("batch_sizes", "seq_lens"):
+            positive_ints(name, getattr(self, name))
+        for name in ("heads", "head_dim"):
+            positive_ints(name, [getattr(self, name)])
+        positive_timeout(self.timeout_s)
+        self.measure_settings()
+
+    def measure_settings(self) -> MeasureSettings:
+        """The per-case measurement settings these fields ask for."""
+        return MeasureSettings(min_run_time=self.min_run_time, min_samples=self.min_samples,
+                               threads=self.threads, check=self.check, memory=self.memory,
+                               seed=self.seed)
+
+
+@dataclass
+class SweepConf(MeasureConf):
+    """Hydra schema of ``python -m harness sweep`` (conf/config.yaml and conf/sweep/*.yaml)."""
+
+    preset: str = "default"  # set by the chosen conf/sweep/<preset>.yaml, for the manifest
+    results_dir: str = "results"  # each sweep writes results_dir/<date>_<time>/
+    resume: str = ""  # a run directory to complete: only its missing cases run
+    run_dir: str = ""  # a new run directory to create (default: results_dir/<date>_<time>)
+    extend: bool = False  # resume: allow other grid axes (recorded in the manifest)
+    force: bool = False  # run cases whose predicted memory exceeds the free memory
+    memory_margin: float = 0.8  # predicted peak must fit in this fraction of free memory
+    paced: bool = False  # harness ab: wait for a line on stdin before each case
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.memory_margin <= 1:
+            raise ConfigError(f"memory_margin: must be in (0, 1], got {self.memory_margin!r}")
+
+
+@dataclass
+class CheckConf:
+    """Hydra schema of ``python -m harness check`` (conf/check.yaml)."""
+
+    variants: list[str] = field(default_factory=list)  # specs; empty: every variant and preset
+    exclude: list[str] = field(default_factory=list)  # with variants=[]: labels/patterns to drop
+    extra_variants: list[str] = field(default_factory=list)
+    dtypes: list[str] = field(default_factory=lambda: list(CHECK_DTYPES))
+    device: str = "cpu"
+    causal: list[bool] = field(default_factory=lambda: [False, True])
+    backward: bool = True  # also compare dq, dk, dv where the variant supports backward
     seed: int = 0
-    timeout_s: float = 600.0  # per case (oracle, timing and memory pass together)
+    timeout_s: float = TIMEOUT_S  # per (variant, dtype, causal) cell, in a supervised worker
+
+    def __post_init__(self) -> None:
+        device_name(self.device)
+        check_dtypes(self.dtypes)
+        choices("causal", self.causal, (False, True))
+        positive_timeout(self.timeout_s)
 
 
 @dataclass(frozen=True)
@@ -79,34 +150,19 @@ class GridSettings:
     head_dim: int
     seq_lens: tuple[int, ...]
     measure: MeasureSettings
-    timeout_s: float = 600.0
-
-
-@dataclass
-class SweepConf(MeasureConf):
-    """Hydra schema of ``python -m harness sweep`` (conf/config.yaml and conf/sweep/*.yaml)."""
-
-    preset: str = "default"  # set by the chosen conf/sweep/<preset>.yaml, for the manifest
-    results_dir: str = "results"
-    resume: str = ""  # a run directory to complete: only its missing cases run
-    run_dir: str = ""  # a new run directory to create (default: results_dir/<date>_<time>)
-    extend: bool = False  # resume: allow other grid axes (recorded in the manifest)
-    force: bool = False  # run cases whose predicted memory exceeds the free memory
-    memory_margin: float = 0.8  # predicted peak must fit in this fraction of free memory
-    paced: bool = False  # harness ab: wait for a line on stdin before each case
+    timeout_s: float
 
 
 @dataclass(frozen=True)
 class SweepSettings:
-    """Validated sweep: the grid plus supervision and skipping rules."""
+    """Validated sweep: the grid plus skipping rules and where it writes."""
 
     grid: GridSettings
     preset: str
-    timeout_s: float
     force: bool
     memory_margin: float
-    paced: bool = False
-    resume: bool = False  # completing an existing run directory (else it must be new)
+    paced: bool
+    resume: bool  # completing an existing run directory (else it must be new)
 
 
 @dataclass(frozen=True)
@@ -119,50 +175,37 @@ class CheckSettings:
     causal: tuple[bool, ...]
     backward: bool
     seed: int
-    timeout_s: float = 600.0
-
-
-def schema_of(config_cls: type) -> type:
-    """A mutable mirror of a frozen variant Config, field for field, for Hydra to compose.
-
-    OmegaConf makes frozen dataclasses read-only, so YAML and overrides could not set them;
-    the mirror has the same names, types and defaults, and ``to_config`` turns a composed
-    mirror back into the frozen Config (running its validation).
-    """
-    hints = get_type_hints(config_cls)
-    fields = [
-        (f.name, hints[f.name], dataclasses.field(default=getattr(config_cls(), f.name)))
-        for f in dataclasses.fields(config_cls)
-    ]
-    return dataclasses.make_dataclass(f"{config_cls.__qualname__}Schema", fields)
-
-
-def to_config(config_cls: type, composed: Any) -> Any:
-    """Build the frozen Config from a composed schema object; errors name the field."""
-    try:
-        return config_cls(**dataclasses.asdict(composed))
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{config_cls.__module__}.Config: {exc}") from exc
+    timeout_s: float
 
 
 def register_schemas() -> None:
-    """Register the Hydra schemas: one per subcommand and one per variant's Config."""
+    """Register the Hydra schemas, one per subcommand."""
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
     cs.store(name="check_schema", node=CheckConf)
     cs.store(name="measure_schema", node=MeasureConf)
     cs.store(name="sweep_schema", node=SweepConf)
-    for name in registry.REGISTRY:
-        schema = schema_of(registry.get(name).config_cls)
-        cs.store(group="variant", name=f"{name}_schema", node=schema)
+
+
+def device_name(device: str) -> str:
+    """Refuse device names that no machine has (availability is checked in resolve_device)."""
+    allowed = ("auto", *DEVICES)
+    if device not in allowed:
+        raise ConfigError(f"device: unknown device {device!r}; allowed: {list(allowed)}")
+    return device
+
+
+def positive_timeout(timeout_s: float) -> float:
+    """Validate a per-case timeout in seconds."""
+    if not timeout_s > 0:
+        raise ConfigError(f"timeout_s: must be > 0 seconds, got {timeout_s!r}")
+    return timeout_s
 
 
 def resolve_device(device: str) -> str:
     """Map ``auto`` to the best available device and refuse unavailable ones."""
-    allowed = ("auto", *DEVICES)
-    if device not in allowed:
-        raise ConfigError(f"device: unknown device {device!r}; allowed: {list(allowed)}")
+    device_name(device)
     if device == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -184,21 +227,40 @@ def check_dtypes(names: Sequence[str], allowed: Sequence[str] = CHECK_DTYPES) ->
     return tuple(names)
 
 
-def variant_specs(names: Sequence[str], extra_modules: Sequence[str]) -> tuple[VariantSpec, ...]:
-    """Load the registry plus external modules and parse the requested specs (all if empty)."""
+def variant_specs(names: Sequence[str], extra_modules: Sequence[str],
+                  exclude: Sequence[str] = ()) -> tuple[VariantSpec, ...]:
+    """The named specs, or, when none are named, every variant and preset of the registry and
+    the external modules except those whose label matches an ``exclude`` pattern."""
     try:
         if not names:
-            return tuple(default_specs(registry.load_all(extra_modules)))
-        wanted = {spec_name(text) for text in names} - set(registry.REGISTRY)
-        builtin = [spec_name(t) for t in names if spec_name(t) in registry.REGISTRY]
-        loaded = registry.load_all(extra_modules, names=dict.fromkeys(builtin))
-        unknown = wanted - set(loaded)
-        if unknown:
-            allowed = sorted(set(registry.REGISTRY) | set(loaded))
-            raise ConfigError(f"variants: unknown variant {sorted(unknown)}; allowed: {allowed}")
-        return tuple(dedupe(parse_spec(text, loaded) for text in names))
+            specs = default_specs(registry.load_all(extra_modules))
+        else:
+            specs = _named_specs(names, extra_modules)
     except (SpecError, ContractError) as exc:
         raise ConfigError(str(exc)) from exc
+    if names:  # exclude narrows the rule "every variant"; a variant named is never dropped
+        return tuple(specs)
+    for pattern in exclude:
+        if not any(fnmatch.fnmatchcase(s.label, pattern) for s in specs):
+            labels = [s.label for s in specs]
+            raise ConfigError(f"exclude: {pattern!r} matches no variant; the variants are "
+                              f"{labels} (patterns like sdpa@* are allowed)")
+    kept = tuple(s for s in specs if not any(fnmatch.fnmatchcase(s.label, p) for p in exclude))
+    if not kept:
+        raise ConfigError(f"exclude: {list(exclude)} drops every variant")
+    return kept
+
+
+def _named_specs(names: Sequence[str], extra_modules: Sequence[str]) -> list[VariantSpec]:
+    """Parse the named specs against the registry plus external modules."""
+    wanted = {spec_name(text) for text in names} - set(registry.REGISTRY)
+    builtin = [spec_name(t) for t in names if spec_name(t) in registry.REGISTRY]
+    loaded = registry.load_all(extra_modules, names=dict.fromkeys(builtin))
+    unknown = wanted - set(loaded)
+    if unknown:
+        allowed = sorted(set(registry.REGISTRY) | set(loaded))
+        raise ConfigError(f"variants: unknown variant {sorted(unknown)}; allowed: {allowed}")
+    return dedupe(parse_spec(text, loaded) for text in names)
 
 
 def positive_ints(name: str, values: Sequence[int]) -> tuple[int, ...]:
@@ -222,50 +284,37 @@ def choices(name: str, values: Sequence[Any], allowed: Sequence[Any]) -> tuple[A
 
 
 def grid_settings(conf: MeasureConf) -> GridSettings:
-    """Validate a composed MeasureConf into frozen settings, before any work is done."""
-    if conf.min_run_time <= 0:
-        raise ConfigError(f"min_run_time: must be > 0 seconds, got {conf.min_run_time!r}")
-    if conf.min_samples < 1:
-        raise ConfigError(f"min_samples: must be an int >= 1, got {conf.min_samples!r}")
-    if conf.threads < 0:
-        raise ConfigError(f"threads: must be >= 0 (0 = torch's default), got {conf.threads!r}")
-    if not conf.timeout_s > 0:
-        raise ConfigError(f"timeout_s: must be > 0 seconds, got {conf.timeout_s!r}")
+    """Resolve a MeasureConf (validated again: it may have changed since it was built) into
+    frozen settings: the variant specs and the device, before any work is done."""
+    conf.__post_init__()
     return GridSettings(
-        specs=variant_specs(conf.variants, conf.extra_variants),
+        specs=variant_specs(conf.variants, conf.extra_variants, conf.exclude),
         device=resolve_device(conf.device),
-        dtypes=check_dtypes(conf.dtypes, allowed=("fp32", "bf16", "fp16", "fp64")),
-        modes=choices("modes", conf.modes, MODES),
-        causal=choices("causal", conf.causal, (False, True)),
-        batch_sizes=positive_ints("batch_sizes", conf.batch_sizes),
-        heads=positive_ints("heads", [conf.heads])[0],
-        head_dim=positive_ints("head_dim", [conf.head_dim])[0],
-        seq_lens=positive_ints("seq_lens", conf.seq_lens),
-        measure=MeasureSettings(min_run_time=conf.min_run_time, min_samples=conf.min_samples,
-                                threads=conf.threads or None,
-                                check=conf.check, memory=conf.memory, seed=conf.seed),
+        dtypes=tuple(conf.dtypes),
+        modes=tuple(dict.fromkeys(conf.modes)),
+        causal=tuple(dict.fromkeys(conf.causal)),
+        batch_sizes=tuple(conf.batch_sizes),
+        heads=conf.heads,
+        head_dim=conf.head_dim,
+        seq_lens=tuple(conf.seq_lens),
+        measure=conf.measure_settings(),
         timeout_s=conf.timeout_s,
     )
 
 
 def sweep_settings(conf: SweepConf) -> SweepSettings:
-    """Validate a composed SweepConf, before any work is done or anything is written."""
-    if not 0 < conf.memory_margin <= 1:
-        raise ConfigError(f"memory_margin: must be in (0, 1], got {conf.memory_margin!r}")
-    return SweepSettings(grid=grid_settings(conf), preset=conf.preset, timeout_s=conf.timeout_s,
-                         force=conf.force, memory_margin=conf.memory_margin, paced=conf.paced,
+    """Resolve a SweepConf into frozen settings, before any work is done or anything written."""
+    return SweepSettings(grid=grid_settings(conf), preset=conf.preset, force=conf.force,
+                         memory_margin=conf.memory_margin, paced=conf.paced,
                          resume=bool(conf.resume))
 
 
 def check_settings(conf: CheckConf) -> CheckSettings:
-    """Validate a composed CheckConf into frozen settings, before any work is done."""
-    if not conf.causal:
-        raise ConfigError("causal: empty list; allowed: [false, true]")
-    if not conf.timeout_s > 0:
-        raise ConfigError(f"timeout_s: must be > 0 seconds, got {conf.timeout_s!r}")
+    """Resolve a CheckConf into frozen settings, before any work is done."""
+    conf.__post_init__()
     return CheckSettings(
-        specs=variant_specs(conf.variants, conf.extra_variants),
-        dtypes=check_dtypes(conf.dtypes),
+        specs=variant_specs(conf.variants, conf.extra_variants, conf.exclude),
+        dtypes=tuple(conf.dtypes),
         device=resolve_device(conf.device),
         causal=tuple(dict.fromkeys(conf.causal)),
         backward=conf.backward,

@@ -16,12 +16,13 @@ import math
 import os
 import time
 import traceback
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from harness.cases import Case
+from harness.config import MeasureSettings
 from harness.flops import current_roof, mode_flops
 from harness.memory import MIB, peak_bytes
 from harness.oracle import Agreement, Shape, check_agreement, make_inputs
@@ -32,20 +33,6 @@ from variants.contract import DTYPES, Unavailable
 
 MEMORY_DEVICES = ("cpu", "cuda")  # where harness/memory.py can measure peaks
 CPU_OOM_MARKERS = ("DefaultCPUAllocator: can't allocate memory", "not enough memory")
-
-
-@dataclass(frozen=True)
-class MeasureSettings:
-    """How hard to measure: timing budget, threads, and what else to collect."""
-
-    min_run_time: float = 0.5
-    min_samples: int = 1  # blocks at least (the compare gate needs 8 a side)
-    threads: int | None = None  # None: torch.get_num_threads()
-    check: bool = True
-    check_max_scores: int = 2**22  # B*H*Nq*Nk above which the oracle runs at a smaller shape
-    memory: bool = True
-    roof: bool = True
-    seed: int = 0
 
 
 def is_oom(exc: BaseException) -> bool:

@@ -8,11 +8,8 @@ import types
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 import variants
-from harness.config import register_schemas, to_config
 from tests.conftest import REGISTERED, ROOT
 from variants.contract import ContractError, Supports, Variant, load_module
 
@@ -32,15 +29,11 @@ def test_registered_module_follows_contract(name: str) -> None:
         assert isinstance(preset, variant.config_cls)
 
 
-@pytest.mark.parametrize("name", REGISTERED)
-def test_variant_yaml_composes_to_its_config(name: str) -> None:
-    """conf/variant/<name>.yaml exists and composes to exactly the Config defaults."""
-    assert (ROOT / "conf" / "variant" / f"{name}.yaml").is_file()
-    register_schemas()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(overrides=[f"+variant={name}"])
-    config_cls = variants.get(name).config_cls
-    assert to_config(config_cls, OmegaConf.to_object(cfg.variant)) == config_cls()
+def test_registry_is_every_module_of_the_package() -> None:
+    """A variant is found by its module alone: every module of variants/ but the helpers."""
+    modules = {p.stem for p in (ROOT / "variants").glob("*.py") if not p.stem.startswith("_")}
+    assert set(variants.REGISTRY) == modules - variants.HELPERS
+    assert not (ROOT / "conf" / "variant").exists()  # no YAML mirror of a variant's Config
 
 
 def _write(tmp_path: Path, name: str, body: str) -> None:

@@ -1,23 +1,30 @@
-"""Registry of attention variants: a plain mapping from name to module path.
+"""Registry of attention variants: every module of this package is one, found by name.
 
-Adding a variant is one module here, one entry below and one YAML file in ``conf/variant/``;
-the tests pick it up from this mapping. Modules are imported on first use, never at import.
+Adding a variant is one module here, ``variants/<name>.py``, whose ``NAME`` is ``<name>`` and
+which follows ``variants/contract.py``; nothing else to edit. The registry, sweeps
+(``variants: []`` means all of them) and the tests parametrised over it pick it up. The
+package's helper modules (``HELPERS``) are not variants. Modules are imported on first use.
 """
 
 from __future__ import annotations
 
+import pkgutil
 from collections.abc import Iterable
 
 from variants.contract import ContractError, Variant, load_module
 
-REGISTRY: dict[str, str] = {
-    "naive": "variants.naive",
-    "memory_efficient": "variants.memory_efficient",
-    "linear": "variants.linear",
-    "sparse": "variants.sparse",
-    "xformers": "variants.xformers",
-    "sdpa": "variants.sdpa",
-}
+#: modules of this package that are not variants
+HELPERS = frozenset({"contract", "memory_models"})
+
+
+def discover() -> dict[str, str]:
+    """Registry name -> module path of every variant module in this package, by name."""
+    found = (m.name for m in pkgutil.iter_modules(__path__) if not m.ispkg)
+    return {name: f"{__name__}.{name}" for name in sorted(found)
+            if name not in HELPERS and not name.startswith("_")}
+
+
+REGISTRY: dict[str, str] = discover()
 
 
 def get(name: str) -> Variant:
@@ -48,4 +55,4 @@ def load_all(
     return loaded
 
 
-__all__ = ["REGISTRY", "ContractError", "Variant", "get", "load_all"]
+__all__ = ["HELPERS", "REGISTRY", "ContractError", "Variant", "discover", "get", "load_all"]

@@ -1,10 +1,11 @@
 """The contract every attention variant follows, and the loader that checks it.
 
-A variant is one module exposing:
+A variant is one module ``variants/<NAME>.py`` (found by name: variants/__init__.py) exposing:
 
 - ``NAME: str`` -- the registry name (``naive``, ``sdpa``, ...).
 - ``Config`` -- a frozen dataclass of the variant's own settings (tiles, window, backend ...),
-  with defaults for every field; Hydra composes the same dataclass in sweeps.
+  with defaults for every field, the one place they are written; specs on the command line
+  (``NAME@PRESET:field=value``, harness/specs.py) set them.
 - ``PRESETS: Mapping[str, Config]`` -- named configurations worth running side by side
   (``sdpa@flash``, ``sparse@bigbird``); may be empty.
 - ``SUPPORTS: Supports`` -- devices, dtypes, causal and backward support.
