@@ -28,14 +28,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from harness.compare import Comparison, Verdict, compare, confirm
-from harness.compare_cli import UsageError, add_gate_options, add_output_options, emit, gate_of
+from harness.compare_run import UsageError, emit, gate_of
 from harness.compare_tables import flagged
 from harness.results import load
 from harness.store import StoreError, find_runs
+from harness.vocab import PACE_PREFIX as PACE
 
 REPO = Path(__file__).resolve().parent.parent
 TREES = REPO / ".ab-trees"  # git-ignored: detached worktrees of the revisions measured
-PACE = "@attnbench-pace "  # the prefix of a paced sweep's lines (harness/sweep.py)
 USAGE_ERROR = 2
 #: sweep fields that pin one case; a re-measure command sets them all
 CASE_FIELDS = ("variants", "device", "dtypes", "modes", "causal", "batch_sizes", "seq_lens",
@@ -228,31 +228,6 @@ def flagged_variants(result: Comparison) -> list[str]:
                               if v.state in ("worse", "now failing") or v.memory_state == "worse"))
 
 
-def ab_parser() -> argparse.ArgumentParser:
-    """Options of the ab subcommand."""
-    p = argparse.ArgumentParser(
-        prog="python -m harness ab",
-        description="Measure two revisions in one job on this host, interleaved case by case, "
-                    "and compare them; exit 0 pass, 1 regression, 2 usage error or a side "
-                    "that failed, 3 inconclusive. Sweep overrides follow '--'.")
-    p.add_argument("base", help="base revision: a commit, tag or branch")
-    p.add_argument("head", nargs="?", default="",
-                   help="head revision (default: the working tree as it is, uncommitted "
-                        "changes included)")
-    p.add_argument("--out", type=Path, help="directory for both sides' runs, the logs and "
-                   "the comparison (default results/ab/<date>_<time>; must not exist)")
-    for name in ("base", "head"):
-        p.add_argument(f"--{name}-env", action="append", default=[], metavar="KEY=VALUE",
-                       help=f"an environment variable for the {name} side only "
-                            "(e.g. an allocator setting), repeatable")
-    p.add_argument("--confirm", action="store_true",
-                   help="re-run the flagged variants; a regression counts only if it shows "
-                        "again")
-    add_gate_options(p)
-    add_output_options(p)
-    return p
-
-
 def _env(items: list[str], option: str) -> tuple[tuple[str, str], ...]:
     pairs = []
     for item in items:
@@ -261,14 +236,6 @@ def _env(items: list[str], option: str) -> tuple[tuple[str, str], ...]:
             raise UsageError(f"{option}: expected KEY=VALUE, got {item!r}")
         pairs.append((key, value))
     return tuple(pairs)
-
-
-def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
-    """ab's own arguments, and the sweep overrides after ``--``."""
-    if "--" in argv:
-        i = argv.index("--")
-        return argv[:i], argv[i + 1:]
-    return argv, []
 
 
 def _measure(args: argparse.Namespace, sides: list[Side], overrides: list[str],
@@ -285,10 +252,9 @@ def _measure(args: argparse.Namespace, sides: list[Side], overrides: list[str],
     return result, base, head
 
 
-def run_ab(argv: list[str]) -> int:
-    """Parse, materialise both revisions, run them interleaved, compare; the exit code."""
-    own, overrides = split_argv(argv)
-    args = ab_parser().parse_args(own)  # argparse exits 2 on bad usage itself
+def run_ab(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Materialise both revisions, run them interleaved, compare; the exit code. ``args``
+    holds ab's options (harness/cli.py), ``overrides`` the sweep's."""
     stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out = (args.out or Path("results") / "ab" / stamp).resolve()
     try:

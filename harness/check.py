@@ -22,11 +22,11 @@ import pandas as pd
 from harness.config import CheckSettings
 from harness.oracle import Shape, check_agreement
 from harness.specs import VariantSpec
+from harness.vocab import FAILING, Status
 from variants.contract import DTYPES, SparseSoftmax, Unavailable, Variant
 
 MAX_BOUNDARY = 2048  # boundaries above this are not probed (the check would take minutes)
 EXPLICIT_SCALES = (0.3, 0.05)  # far from 1/sqrt(D) = 0.125 at D = 64
-FAILED = ("mismatch", "error", "crashed", "timeout")  # a check row that fails the matrix
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class CheckRow:
     dtype: str
     causal: bool
     shape: str
-    status: str  # ok | unavailable | one of FAILED
+    status: str  # a Status: ok, unavailable, or one of FAILING (the matrix fails)
     tensor: str = ""
     max_abs: float = float("nan")
     max_rel: float = float("nan")
@@ -113,7 +113,7 @@ def run_cell(spec: VariantSpec, dtype: str, causal: bool, *, device: str, backwa
         device, DTYPES[dtype], causal=causal, backward=backward, cfg=spec.cfg
     )
     if reason:
-        return [CheckRow(**base, shape="*", status="unavailable", reason=reason)]
+        return [CheckRow(**base, shape="*", status=Status.UNAVAILABLE, reason=reason)]
     rows = []
     for probe in probes(spec.variant, spec.cfg):
         try:
@@ -123,16 +123,16 @@ def run_cell(spec: VariantSpec, dtype: str, causal: bool, *, device: str, backwa
                 scale=probe.scale,
             )
         except Unavailable as exc:
-            rows.append(CheckRow(**base, shape=probe.label(), status="unavailable",
+            rows.append(CheckRow(**base, shape=probe.label(), status=Status.UNAVAILABLE,
                                  reason=str(exc)))
             continue
         except Exception as exc:  # the variant's bug: recorded, the matrix goes on
-            rows.append(CheckRow(**base, shape=probe.label(), status="error",
+            rows.append(CheckRow(**base, shape=probe.label(), status=Status.ERROR,
                                  reason=f"{type(exc).__name__}: {exc}"))
             continue
         worst = agreement.worst()
         rows.append(CheckRow(
-            **base, shape=probe.label(), status="ok" if agreement.ok else "mismatch",
+            **base, shape=probe.label(), status=Status.OK if agreement.ok else Status.MISMATCH,
             tensor=worst.tensor, max_abs=worst.max_abs, max_rel=worst.max_rel,
             allowed=worst.allowed, err_vs_softmax=agreement.err_vs_softmax,
         ))
@@ -154,7 +154,7 @@ def run_matrix(settings: CheckSettings) -> list[CheckRow]:
                         dataclasses.asdict(spec.cfg), dtype, causal, settings.device,
                         settings.backward, settings.seed)
                     status, result = sup.call(request)
-                    if status == "ok":
+                    if status == Status.OK:
                         rows.extend(CheckRow(**r) for r in result)
                     else:
                         rows.append(CheckRow(spec.label, dtype, causal, "*", status,
@@ -164,7 +164,7 @@ def run_matrix(settings: CheckSettings) -> list[CheckRow]:
 
 def summary(rows: list[CheckRow]) -> pd.DataFrame:
     """One line per (variant, dtype, causal) over its shapes: worst errors and a verdict."""
-    df = pd.DataFrame([dataclasses.asdict(r) for r in rows if r.status != "unavailable"])
+    df = pd.DataFrame([dataclasses.asdict(r) for r in rows if r.status != Status.UNAVAILABLE])
     if df.empty:
         return df
     df["err/allowed"] = df["max_abs"] / df["allowed"]
@@ -173,7 +173,7 @@ def summary(rows: list[CheckRow]) -> pd.DataFrame:
         shapes=("shape", "size"), max_abs=("max_abs", worst), max_rel=("max_rel", worst),
         worst_ratio=("err/allowed", worst), err_vs_softmax=("err_vs_softmax", worst),
     )
-    failed = grouped["status"].apply(lambda s: int((s != "ok").sum()))
+    failed = grouped["status"].apply(lambda s: int((s != Status.OK).sum()))
     table["verdict"] = ["ok" if n == 0 else f"MISMATCH ({n})" for n in failed]
     return table.reset_index()
 
@@ -189,9 +189,9 @@ def report(rows: list[CheckRow], out: TextIO = sys.stdout) -> int:
     table = summary(rows)
     with pd.option_context("display.width", 200, "display.max_rows", None):
         print(table.to_string(index=False, float_format=lambda x: f"{x:.3g}"), file=out)
-        bad = [r for r in rows if r.status in FAILED]
+        bad = [r for r in rows if r.status in FAILING]
         for r in bad:
-            if r.status == "mismatch":
+            if r.status == Status.MISMATCH:
                 print(f"MISMATCH {r.variant} {r.dtype} causal={r.causal} {r.shape}: "
                       f"{r.tensor} max abs {r.max_abs:.3g} > allowed {r.allowed:.3g}", file=out)
             else:
@@ -199,14 +199,14 @@ def report(rows: list[CheckRow], out: TextIO = sys.stdout) -> int:
                       f"{r.reason}", file=out)
         unavailable: dict[tuple[str, str], list[str]] = {}
         for r in rows:
-            if r.status == "unavailable":
+            if r.status == Status.UNAVAILABLE:
                 combo = f"{r.dtype}/{'causal' if r.causal else 'full'}"
                 unavailable.setdefault((r.variant, r.reason), []).append(combo)
         if unavailable:
             print("\nunavailable:", file=out)
         for (variant, reason), combos in unavailable.items():
             print(f"  {variant} [{', '.join(dict.fromkeys(combos))}]: {reason}", file=out)
-    ok = sum(r.status == "ok" for r in rows)
+    ok = sum(r.status == Status.OK for r in rows)
     print(f"\n{ok} agree, {len(bad)} disagree, {len(rows) - ok - len(bad)} unavailable",
           file=out)
     return 1 if bad else 0

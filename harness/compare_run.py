@@ -1,4 +1,5 @@
-"""``python -m harness compare`` and ``export``: argument parsing, validation and output files.
+"""What ``python -m harness compare`` and ``export`` do once their options are parsed
+(harness/cli.py): validation, loading both sides, judging, and the output files.
 
 Exit codes of compare: 0 pass, 1 regression (a case ``worse``, ``now failing`` or using more
 memory), 2 usage error, unreadable input or not comparable, 3 inconclusive (too few samples,
@@ -20,67 +21,6 @@ from harness.results import ResultSet, load
 from harness.store import StoreError
 
 USAGE_ERROR = 2
-DEFAULT = Gate()
-
-
-def compare_parser() -> argparse.ArgumentParser:
-    """Options of the compare subcommand."""
-    p = argparse.ArgumentParser(
-        prog="python -m harness compare",
-        description="Compare two result sets case by case; exit 0 pass, 1 regression, "
-                    "2 usage error or not comparable, 3 inconclusive.")
-    p.add_argument("base", type=Path, help="run directory, folder of shards, or "
-                   "pytest-benchmark JSON file")
-    p.add_argument("new", type=Path, help="the same kinds of path, for the new results")
-    p.add_argument("--base-extra", type=Path, action="append", default=[], metavar="PATH",
-                   help="more base paths (shards), repeatable")
-    p.add_argument("--new-extra", type=Path, action="append", default=[], metavar="PATH",
-                   help="more new paths (shards), repeatable")
-    add_gate_options(p)
-    p.add_argument("--normalise", metavar="REF", default=None,
-                   help="divide each time by a reference from the same run: a variant label "
-                        "at the same shape (e.g. sdpa) or 'roof' (the measured GEMM roof)")
-    p.add_argument("--across-machines", action="store_true",
-                   help="compare even when the device model differs (use --normalise)")
-    p.add_argument("--across-versions", action="store_true",
-                   help="compare even when Python, torch or xformers versions differ")
-    p.add_argument("--confirm", type=Path, metavar="PATH",
-                   help="a second new run: a regression counts only if it shows there too")
-    p.add_argument("--allow-missing", action="store_true",
-                   help="pass even when a side is incomplete, interrupted or lost a torn line "
-                        "(otherwise exit 3)")
-    p.add_argument("--allow-no-manifest", action="store_true",
-                   help="read run directories that have no manifest.json (otherwise exit 2)")
-    add_output_options(p)
-    return p
-
-
-def add_gate_options(p: argparse.ArgumentParser) -> None:
-    """The gate's thresholds, shared by compare and ab."""
-    p.add_argument("--factor", type=float, default=DEFAULT.factor,
-                   help=f"ratio of medians that counts as a change (default {DEFAULT.factor})")
-    p.add_argument("--alpha", type=float, default=DEFAULT.alpha,
-                   help=f"false-discovery rate over the grid (default {DEFAULT.alpha})")
-    p.add_argument("--min-samples", type=int, default=DEFAULT.min_samples,
-                   help=f"blocks needed a side to decide (default {DEFAULT.min_samples})")
-    p.add_argument("--memory-tolerance", type=float, default=DEFAULT.memory_tolerance,
-                   help=f"relative peak-memory growth that counts (default "
-                        f"{DEFAULT.memory_tolerance})")
-    p.add_argument("--memory-floor-mib", type=float, default=DEFAULT.memory_floor_mib,
-                   help=f"... and absolute growth in MiB (default {DEFAULT.memory_floor_mib})")
-    p.add_argument("--error-factor", type=float, default=DEFAULT.error_factor,
-                   help=f"oracle error grown by more than this is 'less accurate' (default "
-                        f"{DEFAULT.error_factor})")
-    p.add_argument("--error-share", type=float, default=DEFAULT.error_share,
-                   help=f"... if it also exceeds this share of its allowed error (default "
-                        f"{DEFAULT.error_share})")
-
-
-def add_output_options(p: argparse.ArgumentParser) -> None:
-    """Where the comparison is written, shared by compare and ab."""
-    p.add_argument("--markdown", type=Path, metavar="FILE", help="write GitHub markdown here")
-    p.add_argument("--json", type=Path, metavar="FILE", help="write every verdict as JSON here")
-    p.add_argument("--all", action="store_true", help="also list the cases that are 'same'")
 
 
 class UsageError(ValueError):
@@ -142,9 +82,8 @@ def emit(args: argparse.Namespace, result: Comparison, base: ResultSet, new: Res
     return result.exit_code()
 
 
-def run_compare(argv: list[str]) -> int:
-    """Parse, load both sides, compare, print and write; return the exit code."""
-    args = compare_parser().parse_args(argv)  # argparse exits 2 on bad usage itself
+def run_compare(args: argparse.Namespace) -> int:
+    """Load both sides, compare, print and write; return the exit code."""
     try:
         gate = gate_of(args)
         lax = args.allow_no_manifest
@@ -168,19 +107,14 @@ def _compare(args: argparse.Namespace, gate: Gate, base: ResultSet, new: ResultS
     return confirm(result, against(again), again.name) if again is not None else result
 
 
-def run_export(argv: list[str]) -> int:
+def run_export(run: Path, out: Path | None) -> int:
     """Write the rows of a result set as pytest-benchmark JSON."""
-    p = argparse.ArgumentParser(prog="python -m harness export",
-                                description="Write a run's rows as pytest-benchmark JSON.")
-    p.add_argument("run", type=Path, help="run directory or folder of shards")
-    p.add_argument("--out", type=Path, help="output file (default RUN/pytest_benchmark.json)")
-    args = p.parse_args(argv)
     try:
-        results = load([args.run], allow_no_manifest=True)
+        results = load([run], allow_no_manifest=True)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return USAGE_ERROR
-    out = args.out or args.run / "pytest_benchmark.json"
+    out = out or run / "pytest_benchmark.json"
     doc = to_pytest_benchmark(list(results.rows), {"hard": results.hard, "soft": results.soft})
     _write(out, json.dumps(doc, indent=1, default=str, allow_nan=False) + "\n")
     print(f"{len(doc['benchmarks'])} benchmarks written to {out}")

@@ -1,4 +1,4 @@
-"""Expand validated grid settings into cases, and print rows as a table."""
+"""Expand validated grid settings into cases, measure them, and print rows as a table."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pandas as pd
 from harness.cases import Case
 from harness.config import GridSettings
 from harness.rows import Row
+from harness.vocab import Status, describe
 
 TABLE_COLUMNS = {
     "label": "variant", "dtype": "dtype", "mode": "mode", "causal": "causal", "b": "B",
@@ -29,6 +30,19 @@ def cases(s: GridSettings) -> Iterator[Case]:
         yield Case(spec, s.device, dtype, mode, causal, b, s.heads, n, n, s.head_dim)
 
 
+def measure_grid(s: GridSettings, progress: TextIO = sys.stderr) -> list[Row]:
+    """Measure every case of the grid, each in a supervised worker (a crash or hang is one
+    row), saying each status as it comes."""
+    from harness.worker import Supervisor
+
+    rows = []
+    with Supervisor(timeout_s=s.timeout_s) as sup:
+        for case in cases(s):
+            rows.append(sup.run(case, s.measure))
+            print(f"{describe(case)}: {rows[-1].status}", file=progress, flush=True)
+    return rows
+
+
 def table(rows: Iterable[Row]) -> pd.DataFrame:
     """Rows as a compact table (units in the headers)."""
     df = pd.DataFrame([r.to_dict() for r in rows])
@@ -44,6 +58,6 @@ def print_table(rows: list[Row], out: TextIO = sys.stdout) -> None:
     with pd.option_context("display.width", 250, "display.max_rows", None,
                            "display.max_columns", None):
         print(table(rows).to_string(index=False, float_format=lambda x: f"{x:.3g}"), file=out)
-    reasons = {(r.label, r.status, r.reason) for r in rows if r.status not in ("ok",)}
+    reasons = {(r.label, r.status, r.reason) for r in rows if r.status != Status.OK}
     for label, status, reason in sorted(reasons):
         print(f"  {label} {status}: {reason or 'the oracle disagreed (see max err)'}", file=out)

@@ -22,8 +22,8 @@ from harness.store import MANIFEST, ROWS, RunStore, StoreError, find_runs
 FREE_KEYS = frozenset({"resume", "run_dir", "results_dir", "paced", "extend", "force",
                        "memory_margin", "timeout_s"})
 #: ... and in these with extend=true (the grid's axes: new cases, none measured differently)
-GRID_KEYS = frozenset({"preset", "variants", "extra_variants", "dtypes", "modes", "causal",
-                       "batch_sizes", "seq_lens", "heads", "head_dim"})
+GRID_KEYS = frozenset({"preset", "variants", "exclude", "extra_variants", "dtypes", "modes",
+                       "causal", "batch_sizes", "seq_lens", "heads", "head_dim"})
 
 
 @functools.cache
@@ -100,3 +100,19 @@ def _check_settings(path: Path, old: dict[str, Any], new: dict[str, Any], extend
     if changed and not extend:
         raise StoreError(f"resume: {path} has another grid ({words}); extend=true adds "
                          "these cases to it (recorded in its manifest)")
+
+
+def check_places(conf: Any, device: str, multirun: bool) -> None:
+    """Where a sweep job would write: refuse what would mix, lose or misplace rows
+    (StoreError naming the place), before any work."""
+    from harness.fingerprint import fingerprint
+
+    if multirun and (conf.resume or conf.run_dir):
+        raise StoreError("resume / run_dir name one run directory; with -m every job gets "
+                         "its own under results_dir")
+    if conf.resume:
+        check_resume(Path(conf.resume), conf, fingerprint(device).hard)
+    elif conf.run_dir:
+        check_new_run_dir(Path(conf.run_dir))
+    else:
+        check_results_dir(Path(conf.results_dir))

@@ -35,6 +35,7 @@ from harness.memory import MIB
 from harness.rows import Row
 from harness.rundir import FREE_KEYS
 from harness.store import RunStore, StoreError, iter_status_counts, measured_machine
+from harness.vocab import MEASURED, PACE_PREFIX, Status
 from harness.worker import Supervisor
 from variants.contract import DTYPES
 
@@ -83,7 +84,7 @@ def skip_reason(case: Case, frontier: dict[tuple[Any, ...], int], s: SweepSettin
 
 
 def _note_oom(frontier: dict[tuple[Any, ...], int], row: Row) -> None:
-    if row.status == "oom":
+    if row.status == Status.OOM:
         key = frontier_key(row)
         frontier[key] = min(row.nq, frontier.get(key, row.nq))
 
@@ -182,7 +183,7 @@ def _run_cases(todo: list[Case], s: SweepSettings, store: RunStore,
                frontier: dict[tuple[Any, ...], int], roofs: list[dict[str, Any]]) -> None:
     """Supervise the remaining cases, appending each row as soon as it exists; measure the
     roof before the first and after the last (in a paced run, within this side's turn)."""
-    with Supervisor(timeout_s=s.timeout_s) as sup, tqdm(
+    with Supervisor(timeout_s=s.grid.timeout_s) as sup, tqdm(
         total=len(todo), unit="case", file=sys.stderr, dynamic_ncols=True
     ) as bar:
         for i, case in enumerate(todo):
@@ -194,7 +195,7 @@ def _run_cases(todo: list[Case], s: SweepSettings, store: RunStore,
                                 f"causal={case.causal} B={case.b} N={case.nq}")
             reason = skip_reason(case, frontier, s, free_bytes(case.device))
             if reason:
-                row = replace(base_row(case), status="skipped", reason=reason)
+                row = replace(base_row(case), status=Status.SKIPPED, reason=reason)
             else:
                 row = sup.run(case, s.grid.measure)
             store.append(row)
@@ -210,9 +211,6 @@ def _run_cases(todo: list[Case], s: SweepSettings, store: RunStore,
 
 class PaceEnded(KeyboardInterrupt):
     """A paced sweep's driver (harness ab) stopped sending cases: the run is interrupted."""
-
-
-PACE_PREFIX = "@attnbench-pace "  # lines a paced sweep writes for its driver (harness/ab.py)
 
 
 def _pace_signal(message: str) -> None:
@@ -240,9 +238,9 @@ def print_summary(rows: list[Row], out_dir: Path, out: TextIO) -> None:
     """Median ms per variant x N (non-ok statuses in the cell), counts, and where it all is."""
     df = pd.DataFrame([r.to_dict() for r in rows])
     if not df.empty:
-        df["cell"] = [f"{m:.3g}" if s in ("ok", "mismatch") and m == m else s.upper()
+        df["cell"] = [f"{m:.3g}" if s in MEASURED and m == m else s.upper()
                       for m, s in zip(df["median_ms"], df["status"], strict=True)]
-        df.loc[df["status"] == "mismatch", "cell"] += "!"
+        df.loc[df["status"] == Status.MISMATCH, "cell"] += "!"
         table = df.pivot_table(index=["label", "dtype", "mode", "causal", "b"], columns="nq",
                                values="cell", aggfunc="first")
         with pd.option_context("display.width", 250, "display.max_rows", None,

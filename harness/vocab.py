@@ -32,8 +32,9 @@ MEASURED: frozenset[str] = frozenset({Status.OK, Status.MISMATCH})
 FAILING: frozenset[str] = frozenset(
     {Status.MISMATCH, Status.OOM, Status.TIMEOUT, Status.CRASHED, Status.ERROR}
 )
-#: statuses a supervised worker reports for a request that gave no result
-WORKER_FAILURES: frozenset[str] = frozenset({Status.TIMEOUT, Status.CRASHED})
+
+#: the prefix of the lines a paced sweep (``paced=true``) writes for its driver, harness ab
+PACE_PREFIX = "@attnbench-pace "
 
 #: what is timed: the forward call, the backward call alone, or both
 MODES: tuple[str, ...] = ("fwd", "bwd", "fwd+bwd")

@@ -22,6 +22,7 @@ from harness.cases import Case
 from harness.measure import MeasureSettings, base_row, measure
 from harness.rows import Row
 from harness.specs import VariantSpec
+from harness.vocab import Status
 from variants.contract import load_module
 
 
@@ -132,22 +133,22 @@ class Supervisor:
         return proc.exitcode
 
     def call(self, request: Any) -> tuple[str, Any]:
-        """Send one request to the worker: ("ok", its result), or ("timeout" | "crashed",
-        the reason) when it hung past the timeout or died."""
+        """Send one request to the worker: (Status.OK, its result), or (Status.TIMEOUT or
+        Status.CRASHED, the reason) when it hung past the timeout or died."""
         conn = self._ensure_worker()
         conn.send(request)
         if not conn.poll(self.timeout_s):
             self._discard_worker(kill=True)
-            return "timeout", f"no result within the per-case timeout of {self.timeout_s:g} s"
+            return Status.TIMEOUT, f"no result within the per-case timeout of {self.timeout_s:g} s"
         try:
-            return "ok", conn.recv()
+            return Status.OK, conn.recv()
         except (EOFError, ConnectionResetError):
-            return "crashed", _death(self._discard_worker(kill=False))
+            return Status.CRASHED, _death(self._discard_worker(kill=False))
 
     def run(self, case: Case, settings: MeasureSettings) -> Row:
         """Measure one case in the worker; crashes and hangs become rows."""
         status, result = self.call(to_request(case, settings))
-        if status == "ok":
+        if status == Status.OK:
             return Row.from_dict(result)
         return replace(base_row(case), status=status, reason=result)
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.ab import CASE_FIELDS, Side, case_overrides, repro_commands, split_argv
+from harness.ab import CASE_FIELDS, Side, case_overrides, repro_commands
+from harness.cli import split_argv
 from harness.compare import Comparison, Gate, Verdict
 from harness.config import sweep_settings
 from harness.grid import cases

@@ -12,16 +12,16 @@ import time
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
+import variants
+from harness.compose import compose_conf
 from harness.config import (
     CheckConf,
+    ConfigError,
     MeasureConf,
     SweepConf,
     check_settings,
     grid_settings,
-    register_schemas,
     sweep_settings,
 )
 from harness.grid import cases
@@ -38,9 +38,7 @@ TINY = ["variants=[naive,sdpa,linear]", "seq_lens=[16,32,64]", "modes=[fwd,fwd+b
 
 def composed(name: str, overrides: list[str]):
     """Compose conf/<name>.yaml with overrides and convert it to its schema dataclass."""
-    register_schemas()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return OmegaConf.to_object(compose(config_name=name, overrides=overrides))
+    return compose_conf(name, overrides)
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -68,8 +66,24 @@ def test_default_preset_is_what_the_issue_asks() -> None:
     assert conf.preset == "default" and conf.seq_lens == [256, 512, 1024, 2048, 4096]
     assert conf.batch_sizes == [1, 4] and conf.modes == ["fwd", "fwd+bwd"]
     assert conf.causal == [False, True] and conf.dtypes == ["fp32"]
-    names = {v.partition("@")[0] for v in conf.variants}
-    assert names == {"naive", "memory_efficient", "linear", "sparse", "xformers", "sdpa"}
+    names = {s.name for s in grid_settings(conf).specs}
+    assert names == set(variants.REGISTRY)  # by rule: every registered variant
+
+
+def test_presets_select_variants_by_rule_not_by_list() -> None:
+    """No preset hand-lists its variants: each takes them all, some dropping by pattern."""
+    for path in sorted((CONF / "sweep").glob("*.yaml")):
+        conf = composed("config", [f"sweep={path.stem}"])
+        assert conf.variants == [], f"{path.name} lists variants by hand"
+
+
+def test_exclude_drops_by_pattern_and_refuses_a_pattern_that_matches_nothing() -> None:
+    """exclude takes labels or fnmatch patterns; one that matches no variant is an error."""
+    labels = [s.label for s in grid_settings(composed("measure", ["exclude=[sdpa@*,naive]"])).specs]
+    assert "sdpa" in labels and "naive" not in labels
+    assert not any(label.startswith("sdpa@") for label in labels)
+    with pytest.raises(ConfigError, match=r"exclude: 'sdpa@nope' matches no variant"):
+        grid_settings(composed("measure", ["exclude=[sdpa@nope]"]))
 
 
 @pytest.mark.parametrize(
