@@ -5,31 +5,20 @@ from which N does linear or sparse attention pay off, and is every variant corre
 written into the (first) run directory or ``--out``: ``report.md`` plus ``figures/*.png`` and
 ``*.svg``. Whatever is missing (failed, unavailable or skipped cases, a single N, an absent
 baseline) is said in the report instead of stopping it.
+
+The figures are whatever ``harness.report_figures`` registers: run-wide ones once, each in its
+own section after the scaling table; per-setting ones in each setting's section, in registry
+order. This module names none of them.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
-from harness.report_data import (
-    Footnotes,
-    Setting,
-    cell,
-    group,
-    peak_mib,
-    scaling_table,
-)
-from harness.report_figures import (
-    colours,
-    efficiency_figure,
-    error_figure,
-    memory_figure,
-    save,
-    speedup_figure,
-    time_figure,
-)
+from harness.report_data import Footnotes, cell, group, peak_mib, scaling_table
+from harness.report_figures import FigureKind, FigureView, colours, registered, save
 from harness.report_text import (
     fingerprint_lines,
     legend_names,
@@ -64,30 +53,36 @@ def pivot(rows: list[Row], value: str, notes: Footnotes) -> list[str]:
     return md_table(head, body)
 
 
-def _figures(setting: Setting, rows: list[Row], ctx: dict, fig_dir: Path) -> list[str]:
-    names, colour, baseline = ctx["names"], ctx["colour"], ctx["baseline"]
-    made = [("time", time_figure(setting, rows, names, colour)),
-            ("memory", memory_figure(setting, rows, names, colour)),
-            ("efficiency", efficiency_figure(setting, rows, names, colour))]
-    lines = []
-    if baseline in {r.label for r in rows}:
-        made.insert(2, ("speedup", speedup_figure(setting, rows, baseline)))
+def figure_line(kind: FigureKind, view: FigureView, fig_dir: Path) -> str:
+    """Draw and save one figure; its markdown image line, or the reason it is not drawn."""
+    drawn = kind.draw(view)
+    if isinstance(drawn, str):
+        return drawn
+    if view.setting is None:
+        stem, alt = kind.name, kind.name
     else:
-        lines.append(f"No speedup heatmap: the baseline {baseline!r} has no rows here "
-                     "(--baseline picks another).")
-    for kind, fig in made:
-        png = save(fig, fig_dir, f"{kind}_{setting.slug()}")[0]
-        lines += [f"![{kind}: {setting.title()}](figures/{png.name})", ""]
+        stem, alt = f"{kind.name}_{view.setting.slug()}", f"{kind.name}: {view.title()}"
+    png = save(drawn, fig_dir, stem)[0]
+    return f"![{alt}](figures/{png.name})"
+
+
+def run_figures(view: FigureView, fig_dir: Path) -> list[str]:
+    """Every run-wide figure, each under its own heading."""
+    lines = []
+    for kind in registered("run"):
+        lines += [f"## {kind.title}", "", figure_line(kind, view, fig_dir), ""]
     return lines
 
 
-def section(setting: Setting, rows: list[Row], notes: Footnotes, ctx: dict,
-            fig_dir: Path) -> list[str]:
+def section(view: FigureView, notes: Footnotes, fig_dir: Path) -> list[str]:
     """One setting: time and memory tables, then its figures."""
-    return [f"## {setting.title()}", "", "Median time per call (ms):", "",
-            *pivot(rows, "time", notes), "",
-            "Peak memory above the inputs (MiB) for this mode:", "",
-            *pivot(rows, "memory", notes), "", *_figures(setting, rows, ctx, fig_dir)]
+    lines = [f"## {view.title()}", "", "Median time per call (ms):", "",
+             *pivot(view.rows, "time", notes), "",
+             "Peak memory above the inputs (MiB) for this mode:", "",
+             *pivot(view.rows, "memory", notes), ""]
+    for kind in registered("setting"):
+        lines += [figure_line(kind, view, fig_dir), ""]
+    return lines
 
 
 def build(results: ResultSet, out: Path, baseline: str) -> Path:
@@ -95,16 +90,15 @@ def build(results: ResultSet, out: Path, baseline: str) -> Path:
     rows = list(results.rows)
     groups, notes = group(rows), Footnotes()
     fig_dir = out / "figures"
-    ctx = {"names": legend_names(rows), "colour": colours([r.label for r in rows]),
-           "baseline": baseline}
+    run = FigureView(setting=None, rows=rows, names=legend_names(rows),
+                     colour=colours([r.label for r in rows]), baseline=baseline)
     exact = [b for b in dict.fromkeys([baseline, "sdpa"]) if any(r.label == b for r in rows)]
     lines = [f"# attnbench report: {results.name}", "", *fingerprint_lines(results), "",
              *missing_lines(rows, baseline), "", *variant_lines(rows), "",
-             *scaling_lines(scaling_table(groups, exact), exact), ""]
-    save(error_figure(rows, ctx["colour"]), fig_dir, "error")
-    lines += ["## Numerical error against the oracle", "", "![error](figures/error.png)", ""]
+             *scaling_lines(scaling_table(groups, exact), exact), "",
+             *run_figures(run, fig_dir)]
     for setting, mine in groups.items():
-        lines += section(setting, mine, notes, ctx, fig_dir)
+        lines += section(replace(run, setting=setting, rows=mine), notes, fig_dir)
     if notes.texts:
         lines += ["", *(f"[^{n}]: {text}" for text, n in notes.texts.items())]
     report = out / "report.md"
@@ -112,29 +106,19 @@ def build(results: ResultSet, out: Path, baseline: str) -> Path:
     return report
 
 
-def run_report(argv: list[str]) -> int:
-    """Parse, load, build; print where the report is."""
-    p = argparse.ArgumentParser(prog="python -m harness report",
-                                description="Write report.md and figures (PNG, SVG) for runs.")
-    p.add_argument("runs", type=Path, nargs="*",
-                   help="run directories or shard folders (default: the newest under results/)")
-    p.add_argument("--out", type=Path, help="output directory (default: the first run's)")
-    p.add_argument("--baseline", default="naive",
-                   help="variant label the speedup heatmap divides by (default naive)")
-    p.add_argument("--results-dir", type=Path, default=Path("results"),
-                   help="where to look for the newest run when none is given")
-    args = p.parse_args(argv)
+def report_runs(runs: list[Path], out: Path | None, baseline: str, results_dir: Path) -> int:
+    """Load the runs (none: the newest under results_dir), build, print where; 2 if unreadable."""
     try:
-        runs = args.runs or [newest_run(args.results_dir)]
+        runs = runs or [newest_run(results_dir)]
         results = load(runs, allow_no_manifest=True)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return USAGE_ERROR
     first = runs[0]
-    out = args.out or (first if (first / "rows.jsonl").exists() else
-                       (first.parent if first.is_file() else first) / "report")
+    out = out or (first if (first / "rows.jsonl").exists() else
+                  (first.parent if first.is_file() else first) / "report")
     out.mkdir(parents=True, exist_ok=True)
-    report = build(results, out, args.baseline)
+    report = build(results, out, baseline)
     print(f"report: {report.resolve()} (figures in {(out / 'figures').resolve()})")
     return 0
 

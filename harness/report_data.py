@@ -2,8 +2,9 @@
 
 A *setting* is what one table and one set of figures share: device, dtype, mode, causal, H and
 D. Within it, rows vary by variant (its label), batch size and sequence length. Only rows that
-were measured (``ok``, ``mismatch``) carry numbers; every other status is shown, with its
-reason as a footnote, instead of a number.
+were measured (``vocab.MEASURED``: ok, mismatch) carry numbers; every other status is shown,
+with its reason as a footnote, instead of a number. Statuses, MEASURED and the words for a
+setting are ``harness.vocab``'s.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from harness.rows import Row
+from harness.vocab import MEASURED, Status, describe
 
-MEASURED = ("ok", "mismatch")
-CELL_STATUS = {"oom": "OOM", "unavailable": "n/a", "skipped": "skipped", "error": "ERROR",
-               "crashed": "CRASHED", "timeout": "TIMEOUT"}
+#: how a table cell or heatmap shows a status that has no number
+CELL_STATUS: dict[Status, str] = {
+    Status.OOM: "OOM", Status.UNAVAILABLE: "n/a", Status.SKIPPED: "skipped",
+    Status.ERROR: "ERROR", Status.CRASHED: "CRASHED", Status.TIMEOUT: "TIMEOUT",
+}
 SUBQUADRATIC = ("sparse softmax", "linear attention")  # definitions that scale below N^2
 
 
@@ -35,9 +39,8 @@ class Setting:
     d: int
 
     def title(self) -> str:
-        """``cpu fp32 fwd causal (H=8, D=64)``."""
-        mask = "causal" if self.causal else "full"
-        return f"{self.device} {self.dtype} {self.mode} {mask} (H={self.h}, D={self.d})"
+        """``cpu fp32 fwd causal H=8 D=64``: the project's words for a setting."""
+        return describe(self, "setting")  # reads only device, dtype, mode, causal, h and d
 
     def slug(self) -> str:
         """A file-name fragment: ``cpu_fp32_fwd-bwd_causal_H8_D64``; whatever the rows say,
@@ -101,13 +104,13 @@ def cell(row: Row, value: float | None, notes: Footnotes) -> str:
     """A table cell: the number, or the status with a footnote giving the reason."""
     if row.status in MEASURED:
         text = "-" if value is None else f"{value:.3g}"
-        if row.status == "mismatch":
+        if row.status == Status.MISMATCH:
             why = (f"{row.label}: oracle mismatch, max |error| {row.check_max_abs:.3g} > "
                    f"allowed {row.check_allowed:.3g} ({row.check_tensor})")
             text += " mismatch" + notes.mark(why)
         return text
     shown = CELL_STATUS.get(row.status, row.status)
-    if row.status == "oom":
+    if row.status == Status.OOM:
         return shown
     return shown + notes.mark(f"{row.label}: {row.reason or row.status}")
 

@@ -1,14 +1,24 @@
 """Report figures, each saved as PNG and SVG: time, peak memory, speedup and efficiency per
 setting (one panel per batch size), and numerical error against the oracle for the whole run.
 
+Adding a figure is one function here, ``fn(view: FigureView) -> Figure | str``, registered with
+``@figure(name, scope=..., order=...)``; the report and its tests take it from ``FIGURES`` with
+no other edit. ``scope="setting"`` (the default) draws it in every setting's section, saved as
+``{name}_{setting.slug()}``; ``scope="run"`` draws it once over every row, saved as ``{name}``
+in a section headed ``title``. ``order`` places it among its scope's figures (default 100:
+after the built-in ones). A ``str`` returned instead of a figure says why it is not drawn, and
+the report prints it in the figure's place.
+
 Matplotlib's object API (``Figure``) is used, not pyplot: no global state, no GUI backend.
 Colours are fixed per variant label across every figure of a report.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -18,7 +28,6 @@ from matplotlib.ticker import NullLocator
 
 from harness.report_data import (
     CELL_STATUS,
-    MEASURED,
     Setting,
     expected_mib,
     peak_mib,
@@ -27,9 +36,68 @@ from harness.report_data import (
     series,
 )
 from harness.rows import Row
+from harness.vocab import MEASURED, Status
 
 N_LABEL = "sequence length N (tokens)"
 PALETTE = [f"C{i}" for i in range(10)] + ["#8c564b", "#393b79", "#637939", "#8c6d31", "#843c39"]
+
+
+Scope = Literal["setting", "run"]
+
+
+@dataclass(frozen=True)
+class FigureView:
+    """What every figure function is given: one setting's rows, or (run scope) all rows."""
+
+    setting: Setting | None  # None for a run-wide figure
+    rows: list[Row]
+    names: dict[str, str]  # variant label -> legend text
+    colour: dict[str, str]  # variant label -> colour, the same in every figure
+    baseline: str  # the label speedups divide by
+
+    def title(self) -> str:
+        """The setting in words, or ``all settings`` for a run-wide figure."""
+        return "all settings" if self.setting is None else self.setting.title()
+
+
+Draw = Callable[[FigureView], Figure | str]
+
+
+@dataclass(frozen=True)
+class FigureKind:
+    """A registered figure: its file-name stem, scope, place in the report and function."""
+
+    name: str
+    scope: Scope
+    order: int
+    draw: Draw
+    title: str  # the heading of a run-wide figure's section
+
+
+#: every report figure by name, filled by ``@figure``; read it through ``registered``
+FIGURES: dict[str, FigureKind] = {}
+
+
+def figure(name: str, scope: Scope = "setting", order: int = 100,
+           title: str = "") -> Callable[[Draw], Draw]:
+    """Register ``fn(view) -> Figure | str`` as the report figure ``name`` (its file stem)."""
+    if scope not in ("setting", "run"):
+        raise ValueError(f"figure {name!r}: scope must be 'setting' or 'run', not {scope!r}")
+    if safe_name(name) != name:
+        raise ValueError(f"figure name {name!r}: use letters, digits, '.', '_' or '-'")
+
+    def register(fn: Draw) -> Draw:
+        if name in FIGURES:
+            raise ValueError(f"figure {name!r} is registered twice ({FIGURES[name].draw} "
+                             f"and {fn})")
+        FIGURES[name] = FigureKind(name, scope, order, fn, title or name)
+        return fn
+    return register
+
+
+def registered(scope: Scope) -> list[FigureKind]:
+    """The figures of one scope in report order: by ``order``, then by registration."""
+    return sorted((k for k in FIGURES.values() if k.scope == scope), key=lambda k: k.order)
 
 
 def colours(labels: Sequence[str]) -> dict[str, str]:
@@ -89,11 +157,12 @@ def _legend(ax: Axes, outside: bool = False) -> None:
         ax.legend(fontsize=7, loc="best")
 
 
-def time_figure(setting: Setting, rows: list[Row], names: dict[str, str],
-                colour: dict[str, str]) -> Figure:
+@figure("time", order=10)
+def time_figure(view: FigureView) -> Figure:
     """Median time vs N per variant, log-log, IQR of the block times as a band."""
+    rows, names, colour = view.rows, view.names, view.colour
     batches = sorted({r.b for r in rows})
-    fig, axes = _panels(batches, f"Median time per call vs N: {setting.title()}")
+    fig, axes = _panels(batches, f"Median time per call vs N: {view.title()}")
     by = series(rows)
     for ax, b in zip(axes, batches, strict=True):
         mine = {label: rs for (label, bb), rs in by.items() if bb == b}
@@ -116,19 +185,20 @@ def _oom_marks(ax: Axes, rows: list[Row], colour: dict[str, str]) -> None:
     """OOM (and predicted-OOM skips) at their expected peak, or the top of the axis."""
     top = ax.get_ylim()[1] if ax.has_data() else 1.0
     for r in rows:
-        predicted = r.status == "skipped" and "OOM" in r.reason.upper()
-        if r.status != "oom" and not predicted:
+        oom = r.status == Status.OOM
+        if not oom and not (r.status == Status.SKIPPED and "OOM" in r.reason.upper()):
             continue
         y = expected_mib(r) or top
-        ax.plot([r.nq], [y], "X" if r.status == "oom" else "x", ms=9, color=colour[r.label],
-                mec="black" if r.status == "oom" else colour[r.label])
+        ax.plot([r.nq], [y], "X" if oom else "x", ms=9, color=colour[r.label],
+                mec="black" if oom else colour[r.label])
 
 
-def memory_figure(setting: Setting, rows: list[Row], names: dict[str, str],
-                  colour: dict[str, str]) -> Figure:
+@figure("memory", order=20)
+def memory_figure(view: FigureView) -> Figure:
     """Peak MiB vs N per variant, log-log; the analytic model as a thin dashed line; OOM marked."""
+    rows, names, colour = view.rows, view.names, view.colour
     batches = sorted({r.b for r in rows})
-    fig, axes = _panels(batches, f"Peak memory vs N: {setting.title()}")
+    fig, axes = _panels(batches, f"Peak memory vs N: {view.title()}")
     by = series(r for r in rows if peak_mib(r))
     for ax, b in zip(axes, batches, strict=True):
         mine = {label: rs for (label, bb), rs in by.items() if bb == b}
@@ -168,14 +238,19 @@ def _speedup_matrix(rows: list[Row], baseline: str, b: int) -> tuple[list[str], 
     return labels, ns, grid, text
 
 
-def speedup_figure(setting: Setting, rows: list[Row], baseline: str) -> Figure:
+@figure("speedup", order=30)
+def speedup_figure(view: FigureView) -> Figure | str:
     """Heatmap variant x N of baseline time / variant time, annotated (>1: faster)."""
+    rows, baseline = view.rows, view.baseline
+    if baseline not in {r.label for r in rows}:
+        return (f"No speedup heatmap: the baseline {baseline!r} has no rows here "
+                "(--baseline picks another).")
     batches = sorted({r.b for r in rows})
     n_labels = len({r.label for r in rows})
     fig = Figure(figsize=(max(5.5, 1.1 * len({r.nq for r in rows}) + 3) * len(batches),
                           0.42 * n_labels + 1.8), layout="constrained")
     axes = fig.subplots(1, len(batches), squeeze=False)[0]
-    fig.suptitle(f"Speedup over {baseline} ({baseline} time / variant time): {setting.title()}")
+    fig.suptitle(f"Speedup over {baseline} ({baseline} time / variant time): {view.title()}")
     for ax, b in zip(axes, batches, strict=True):
         labels, ns, grid, text = _speedup_matrix(rows, baseline, b)
         logs = np.log2(grid)
@@ -193,11 +268,12 @@ def speedup_figure(setting: Setting, rows: list[Row], baseline: str) -> Figure:
     return fig
 
 
-def efficiency_figure(setting: Setting, rows: list[Row], names: dict[str, str],
-                      colour: dict[str, str]) -> Figure:
+@figure("efficiency", order=40)
+def efficiency_figure(view: FigureView) -> Figure:
     """Achieved GFLOP/s as % of the GEMM roof measured in the same run, vs N."""
+    rows, names, colour = view.rows, view.names, view.colour
     batches = sorted({r.b for r in rows})
-    fig, axes = _panels(batches, f"Efficiency (% of the measured roof): {setting.title()}")
+    fig, axes = _panels(batches, f"Efficiency (% of the measured roof): {view.title()}")
     by = series(r for r in rows if r.efficiency is not None)
     roofs = sorted({round(r.roof_gflops) for r in rows if r.roof_gflops})
     for ax, b in zip(axes, batches, strict=True):
@@ -214,9 +290,11 @@ def efficiency_figure(setting: Setting, rows: list[Row], names: dict[str, str],
     return fig
 
 
-def error_figure(rows: list[Row], colour: dict[str, str]) -> Figure:
+@figure("error", scope="run", order=10, title="Numerical error against the oracle")
+def error_figure(view: FigureView) -> Figure:
     """Max |error| against the float64 oracle per variant and dtype, and error / allowed."""
-    checked = [r for r in rows if r.check_max_abs is not None and r.check_allowed]
+    colour = view.colour
+    checked = [r for r in view.rows if r.check_max_abs is not None and r.check_allowed]
     labels = sorted({r.label for r in checked})
     dtypes = sorted({r.dtype for r in checked})
     fig = Figure(figsize=(max(8.0, 0.9 * len(labels) + 3), 4.8), layout="constrained")
@@ -243,5 +321,3 @@ def error_figure(rows: list[Row], colour: dict[str, str]) -> Figure:
         ax.grid(True, axis="y", alpha=0.3)
         _legend(ax) if labels else _empty(ax, "no oracle checks in these rows")
     return fig
-
-

@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from harness.report_data import MEASURED, Scaling
+from harness.report_data import Scaling
 from harness.results import ResultSet
 from harness.rows import Row
+from harness.vocab import MEASURED, Status
 
 
 def md_table(head: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
@@ -19,29 +20,25 @@ def md_table(head: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
     return [line(head), rule, *(line(r) for r in body)]
 
 
-def _config_text(config: dict, defaults: dict | None) -> str:
-    shown = {k: v for k, v in config.items() if defaults is None or defaults.get(k) != v}
-    return ", ".join(f"{k}={v}" for k, v in shown.items())
+def _config_text(config: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in config.items())
 
 
-def _defaults(variant: str) -> dict | None:
-    """The variant's default Config as a dict, or None for a variant the registry lacks."""
-    import dataclasses
-
-    import variants
-
-    if variant not in variants.REGISTRY:
-        return None
-    return dataclasses.asdict(variants.get(variant).config_cls())
+def _legend_config(row: Row) -> dict:
+    """The fields a legend names: the row's ``config_diff``, or (older rows) its whole config."""
+    # the diff from the variant's defaults is recorded in the row (measure.base_row): report
+    # code reads rows only and never imports the variants
+    diff = row.extra.get("config_diff")
+    return row.config if diff is None else diff
 
 
 def legend_names(rows: Sequence[Row]) -> dict[str, str]:
-    """label -> legend text: the label plus the config fields that differ from its defaults."""
+    """label -> legend text: the label plus its legend config, when there is one."""
     names = {}
     for r in rows:
         if r.label not in names:
-            diff = _config_text(r.config, _defaults(r.variant)) if r.config else ""
-            names[r.label] = f"{r.label} ({diff})" if diff else r.label
+            shown = _config_text(_legend_config(r))
+            names[r.label] = f"{r.label} ({shown})" if shown else r.label
     return names
 
 
@@ -50,7 +47,7 @@ def variant_lines(rows: Sequence[Row]) -> list[str]:
     seen: dict[str, Row] = {}
     for r in rows:
         seen.setdefault(r.label, r)
-    body = [[label, _config_text(r.config, None) or "(none)",
+    body = [[label, _config_text(r.config) or "(none)",
              str(r.extra.get("definition", ""))] for label, r in sorted(seen.items())]
     table = md_table(["variant", "config", "computes"], body)
     table[1] = "|---|---|---|"
@@ -100,7 +97,7 @@ def missing_lines(rows: Sequence[Row], baseline: str) -> list[str]:
                        else "") for r in rows if r.status not in MEASURED)
     for (label, status, reason), n in sorted(reasons.items()):
         lines.append(f"- {label}: {status} in {n} case(s){': ' + reason if reason else ''}")
-    mismatched = sorted({r.label for r in rows if r.status == "mismatch"})
+    mismatched = sorted({r.label for r in rows if r.status == Status.MISMATCH})
     if mismatched:
         lines.append(f"- **Oracle mismatch** (timed, but wrong): {', '.join(mismatched)}")
     ns = sorted({r.nq for r in rows if r.status in MEASURED})

@@ -1,7 +1,9 @@
 """python -m harness report: files, valid images, table cells traced to rows, fits, robustness.
 
 Built from the committed fixtures in tests/fixtures (tests/fixtures/make_report_fixtures.py
-says how they were made and which rows were edited to carry every status).
+says how they were made and which rows were edited to carry every status). Figures are taken
+from the registry (harness.report_figures.FIGURES): a newly registered one is checked here
+with no edit; tests/test_report_registry.py covers the registry itself.
 """
 
 from __future__ import annotations
@@ -18,15 +20,15 @@ from matplotlib import image as mpimg
 from harness.__main__ import main
 from harness.report import build
 from harness.report_data import crossover, group, peak_mib, scaling_slope, setting_of
-from harness.report_figures import colours, memory_figure, time_figure
+from harness.report_figures import FigureView, colours, memory_figure, registered, time_figure
 from harness.report_text import legend_names
 from harness.results import load
 from harness.rows import Row
 from harness.store import read_rows
+from harness.vocab import MEASURED, Status
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 RUN, SINGLE = FIXTURES / "report_run", FIXTURES / "single_n"
-KINDS = ("time", "memory", "speedup", "efficiency")
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +53,18 @@ def check_image(path: Path) -> None:
         assert ET.parse(path).getroot().tag.endswith("svg"), path
 
 
+def figure_names(slugs: set[str]) -> list[str]:
+    """The figure file stems a report of these settings has: every registered figure."""
+    run = [k.name for k in registered("run")]
+    return run + [f"{k.name}_{s}" for k in registered("setting") for s in sorted(slugs)]
+
+
 def test_every_figure_exists_as_valid_png_and_svg(report: Path) -> None:
-    """Four figures per setting plus the error figure, PNG and SVG, all referenced."""
+    """Every registered figure (per setting, and run-wide), PNG and SVG, all referenced."""
     settings = {setting_of(r).slug() for r in rows()}
     assert len(settings) == 2  # fwd and fwd+bwd
-    names = ["error"] + [f"{k}_{s}" for k in KINDS for s in settings]
+    names = figure_names(settings)
+    assert {"error", "time_cpu_fp32_fwd_full_H2_D16"} <= set(names)
     text = report.read_text()
     for name in names:
         for ext in ("png", "svg"):
@@ -87,19 +96,19 @@ def test_table_cells_come_from_the_rows(report: Path) -> None:
     text = report.read_text()
     mine = [r for r in rows() if r.mode == "fwd"]
     ns = sorted({r.nq for r in mine})
-    times = table(text, "cpu fp32 fwd full (H=2, D=16)", "Median time per call (ms):")
-    memory = table(text, "cpu fp32 fwd full (H=2, D=16)", "Peak memory above the inputs")
+    times = table(text, "cpu fp32 fwd full H=2 D=16", "Median time per call (ms):")
+    memory = table(text, "cpu fp32 fwd full H=2 D=16", "Peak memory above the inputs")
     checked = 0
     for r in mine:
         t, m = times[f"{r.label}, B={r.b}"][ns.index(r.nq)], memory[f"{r.label}, B={r.b}"][
             ns.index(r.nq)]
-        if r.status == "ok":
+        if r.status == Status.OK:
             assert (t, m) == (f"{r.median_ms:.3g}", f"{peak_mib(r):.3g}"), r.label
-        elif r.status == "oom":
+        elif r.status == Status.OOM:
             assert t == m == "OOM"
         else:
             mark = re.search(r"\[\^(\d+)\]", t).group(1)
-            if r.status == "mismatch":
+            if r.status == Status.MISMATCH:
                 assert t.startswith(f"{r.median_ms:.3g} mismatch")
                 assert f"{r.check_max_abs:.3g} > allowed" in footnote(text, mark)
             else:
@@ -125,7 +134,7 @@ def test_scaling_exponents_match_an_independent_fit(report: Path) -> None:
     found = {(c[2], int(c[1])): c for c in map(split_cells, lines)}
     for (label, b), cells in found.items():
         pts = sorted((r.nq, r.median_ms) for r in rows() if r.label == label and r.b == b
-                     and r.mode == "fwd" and r.status in ("ok", "mismatch"))
+                     and r.mode == "fwd" and r.status in MEASURED)
         x, y = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
         slope = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
         assert cells[4] == f"{slope:.2f}", (label, b)
@@ -150,15 +159,16 @@ def test_figures_have_log_axes_units_legends_and_oom_marks() -> None:
     all_rows = rows()
     groups = group(all_rows)
     setting = next(s for s in groups if s.mode == "fwd")
-    names, colour = legend_names(all_rows), colours([r.label for r in all_rows])
-    fig = time_figure(setting, groups[setting], names, colour)
+    view = FigureView(setting, groups[setting], legend_names(all_rows),
+                      colours([r.label for r in all_rows]), "naive")
+    fig = time_figure(view)
     assert [ax.get_title() for ax in fig.axes] == ["B=1", "B=2"]
     for ax in fig.axes:
         assert ax.get_xscale() == ax.get_yscale() == "log" and "(ms)" in ax.get_ylabel()
         assert "(tokens)" in ax.get_xlabel()
     legend = [t.get_text() for t in fig.axes[-1].get_legend().get_texts()]
     assert "naive" in legend and any(t.startswith("sparse") for t in legend)
-    fig = memory_figure(setting, groups[setting], names, colour)
+    fig = memory_figure(view)
     b2 = fig.axes[1]
     assert "(MiB)" in b2.get_ylabel()
     assert any(line.get_marker() == "X" and list(line.get_xdata()) == [128]
@@ -172,13 +182,18 @@ def test_single_n_run_still_reports(tmp_path: Path) -> None:
     text = out.read_text()
     assert "Only 1 measured N ([64]): no scaling exponents or crossovers." in text
     assert "| n/a | n/a |" in text and "needs >= 2 N" in text
-    assert len(list((tmp_path / "figures").glob("*.png"))) == 9
+    slugs = {setting_of(r).slug() for r in read_rows(SINGLE)}
+    pngs = {p.stem for p in (tmp_path / "figures").glob("*.png")}
+    assert pngs == set(figure_names(slugs))  # every registered figure, per setting
 
 
 def test_absent_baseline_says_so_and_skips_heatmaps(tmp_path: Path) -> None:
-    """--baseline naming no rows: no heatmaps, and the report says why."""
+    """--baseline naming no rows: no heatmaps, and the report says why, in each section."""
     out = build(load([RUN]), tmp_path, "flash_attention_9")
-    assert "baseline 'flash_attention_9' is not in this run" in out.read_text()
+    text = out.read_text()
+    assert "baseline 'flash_attention_9' is not in this run" in text
+    assert text.count("No speedup heatmap: the baseline 'flash_attention_9' has no rows here "
+                      "(--baseline picks another).") == 2
     assert not list((tmp_path / "figures").glob("speedup_*"))
 
 
