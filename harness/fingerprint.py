@@ -70,22 +70,49 @@ def _cpu() -> dict[str, Any]:
 
 
 def _gpu(device: str) -> dict[str, Any]:
-    """GPU name, capability, memory, driver-visible CUDA version when CUDA is in use."""
+    """GPU name, capability, memory, CUDA and cuDNN versions, and what nvidia-smi says of the
+    driver and clocks, when CUDA is in use."""
     if not device.startswith("cuda") or not torch.cuda.is_available():
         return {}
-    props = torch.cuda.get_device_properties(torch.device(device))
+    dev = torch.device(device)
+    props = torch.cuda.get_device_properties(dev)
     return {"gpu_name": props.name, "gpu_capability": f"{props.major}.{props.minor}",
             "gpu_memory_mib": props.total_memory // 2**20, "cuda_version": torch.version.cuda,
-            "cudnn_version": torch.backends.cudnn.version(), "gpu_driver": _nvidia_driver()}
+            "cudnn_version": torch.backends.cudnn.version(),
+            **_nvidia_smi(dev.index if dev.index is not None else torch.cuda.current_device())}
 
 
-def _nvidia_driver() -> str | None:
+#: nvidia-smi --query-gpu fields -> fingerprint keys (clocks in MHz, power in W)
+SMI_FIELDS = {"driver_version": "gpu_driver", "clocks.sm": "gpu_clock_sm_mhz",
+              "clocks.max.sm": "gpu_clock_sm_max_mhz", "clocks.mem": "gpu_clock_mem_mhz",
+              "clocks.max.mem": "gpu_clock_mem_max_mhz", "power.limit": "gpu_power_limit_w",
+              "persistence_mode": "gpu_persistence_mode"}
+
+
+def parse_smi(text: str) -> dict[str, Any]:
+    """One CSV line of nvidia-smi's SMI_FIELDS (``--format=csv,noheader,nounits``) as keys;
+    numbers as numbers, '[N/A]' as None."""
+    values = [v.strip() for v in text.strip().splitlines()[0].split(",")] if text.strip() else []
+    out: dict[str, Any] = {}
+    for key, value in zip(SMI_FIELDS.values(), values, strict=False):
+        try:
+            out[key] = float(value) if key not in ("gpu_driver", "gpu_persistence_mode") \
+                else value
+        except ValueError:
+            out[key] = None if value.startswith("[") else value
+    return out
+
+
+def _nvidia_smi(index: int) -> dict[str, Any]:
+    """The driver and clocks of GPU ``index`` from nvidia-smi ({} without it)."""
     try:
-        done = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=10, check=True)
+        done = subprocess.run(
+            ["nvidia-smi", f"--id={index}", f"--query-gpu={','.join(SMI_FIELDS)}",
+             "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=10, check=True)
     except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip().splitlines()[0] if done.stdout.strip() else None
+        return {}
+    return parse_smi(done.stdout)
 
 
 def config_hash(resolved: Any) -> str:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from harness.timing import time_callable
+from harness.timing import Timing, cuda_time, time_callable
 from variants.contract import DTYPES, LinearAttention, Semantics, SoftmaxAttention, SparseSoftmax
 
 BACKWARD_FACTOR = {"softmax": 2.5, "sparse": 2.5, "linear": 2.0}
@@ -81,19 +82,27 @@ def current_roof(device: str, dtype: str, threads: int | None = None) -> tuple[R
 def measure_roof(device: str, dtype: str, gemm_size: int = 2048, min_run_time: float = 1.0,
                  threads: int | None = None) -> Roof:
     """Time an (n, n) x (n, n) GEMM in the dtype and a 256 MiB copy (cached per process;
-    ``measure_roof.__wrapped__`` measures afresh).
+    ``measure_roof.__wrapped__`` measures afresh). On CUDA: n >= 8192, CUDA events.
 
     A roof is a ceiling, and on a shared machine noise only ever slows a block down, so the
     fastest block (not the median) gives the rate.
     """
     threads = threads or torch.get_num_threads()
+    cuda = device.startswith("cuda")
+    gemm_size = max(gemm_size, 8192) if cuda else gemm_size  # 2048 cannot fill a GPU
+
+    def timed(fn: Callable[[], object]) -> Timing:  # on the device's own clock
+        if cuda:
+            return cuda_time(fn, min_run_time=min_run_time, min_samples=5)
+        return time_callable(fn, min_run_time=min_run_time, threads=threads)
+
     gen = torch.Generator().manual_seed(0)
     a, b = (torch.randn(gemm_size, gemm_size, generator=gen).to(device, DTYPES[dtype])
             for _ in range(2))
-    gemm = time_callable(lambda: a @ b, min_run_time=min_run_time, threads=threads)
+    gemm = timed(lambda: a @ b)
     src = torch.empty(2**26, dtype=torch.float32, device=device)  # 256 MiB
     dst = torch.empty_like(src)
-    copy = time_callable(lambda: dst.copy_(src), min_run_time=min_run_time, threads=threads)
+    copy = timed(lambda: dst.copy_(src))
     moved = 2 * src.numel() * src.element_size()  # read + write
     return Roof(device, dtype, gemm_size, 2 * gemm_size**3 / min(gemm.times_s) / 1e9,
                 moved / min(copy.times_s) / 2**30)

@@ -27,7 +27,7 @@ from harness.flops import current_roof, mode_flops
 from harness.memory import MIB, peak_bytes
 from harness.oracle import Agreement, Shape, check_agreement, make_inputs
 from harness.rows import Row
-from harness.timing import time_callable, timed_callable
+from harness.timing import cuda_time, l2_flusher, time_callable, timed_callable
 from harness.vocab import Status
 from variants.contract import DTYPES, Unavailable
 
@@ -111,12 +111,19 @@ def _time(case: Case, s: MeasureSettings, threads: int) -> dict[str, Any]:
     run = timed_callable(_attention_fn(case), q, k, v, dout, case.mode)
     # one untimed call first: a cold first call (lazy init, allocator growth) would otherwise
     # set blocked_autorange's block size, and with it which regime the blocks measure
-    t = time_callable(run, min_run_time=s.min_run_time, threads=threads, warmup=1,
-                      min_samples=s.min_samples)
+    if case.device.startswith("cuda"):
+        flush = l2_flusher(case.device) if s.l2_flush else None
+        t = cuda_time(run, min_run_time=s.min_run_time, min_samples=s.min_samples,
+                      flush=flush)
+        timer = "cuda events" + (", L2 flushed between calls" if flush else "")
+    else:
+        t = time_callable(run, min_run_time=s.min_run_time, threads=threads, warmup=1,
+                          min_samples=s.min_samples)
+        timer = "torch.utils.benchmark blocked_autorange"
     return {
         "threads": threads, "times_ms": tuple(x * 1e3 for x in t.times_s),
         "median_ms": t.median_s * 1e3, "iqr_ms": t.iqr_s * 1e3, "samples": t.samples,
-        "number_per_run": t.number_per_run,
+        "number_per_run": t.number_per_run, "timer": timer,
     }
 
 
@@ -140,7 +147,7 @@ def _model(case: Case, row: Row) -> dict[str, Any]:
     flops = mode_flops(variant.computes(cfg), case.mode, case.b, case.h, case.nq, case.nk,
                        case.d, case.causal)
     dims = (case.b, case.h, case.nq, case.nk, case.d)
-    kw = {"dtype": DTYPES[case.dtype], "causal": case.causal, "cfg": cfg}
+    kw = {"dtype": DTYPES[case.dtype], "causal": case.causal, "cfg": cfg, "device": case.device}
     fwd = variant.expected_peak_bytes(*dims, backward=False, **kw)
     both = variant.expected_peak_bytes(*dims, backward=True, **kw) if case.backward else None
     return {
@@ -176,9 +183,16 @@ def _failure(row: Row, exc: BaseException) -> Row:
 def _measure(case: Case, s: MeasureSettings, row: Row) -> Row:
     """Every measurement of an available case, in order (exceptions go to the caller)."""
     threads = s.threads or torch.get_num_threads()
+    kernels = case.spec.variant.dispatched(
+        case.shape, device=case.device, dtype=DTYPES[case.dtype], causal=case.causal,
+        backward=case.backward, cfg=case.spec.cfg)
+    if kernels:  # what the library picked for these inputs: the row says what ran
+        row = replace(row, extra={**row.extra, "kernel": kernels})
     if s.check:
         row = replace(row, **_check(case, s))
-    row = replace(row, **_time(case, s, threads))
+    timed = _time(case, s, threads)
+    timer = timed.pop("timer")
+    row = replace(row, **timed, extra={**row.extra, "timer": timer})
     if s.memory and case.device.split(":")[0] in MEMORY_DEVICES:
         row = replace(row, **_peaks(case, s))
     elif s.memory:

@@ -32,25 +32,45 @@ def _legend_config(row: Row) -> dict:
     return row.config if diff is None else diff
 
 
+def kernels_of(rows: Sequence[Row], label: str) -> dict[str, list[str]]:
+    """direction -> the distinct kernels the label's rows record (``extra.kernel``)."""
+    out: dict[str, list[str]] = {}
+    for r in rows:
+        if r.label == label:
+            for direction, kernel in (r.extra.get("kernel") or {}).items():
+                out.setdefault(direction, [])
+                if kernel not in out[direction]:
+                    out[direction].append(kernel)
+    return out
+
+
 def legend_names(rows: Sequence[Row]) -> dict[str, str]:
-    """label -> legend text: the label plus its legend config, when there is one."""
+    """label -> legend text: the label, its legend config, and the forward op that ran
+    where a library picked it (``sdpa flash``, ``cutlassF-pt``)."""
     names = {}
     for r in rows:
         if r.label not in names:
             shown = _config_text(_legend_config(r))
-            names[r.label] = f"{r.label} ({shown})" if shown else r.label
+            ran = "/".join(k.split(":")[0] for k in kernels_of(rows, r.label).get("forward", []))
+            parts = ", ".join(x for x in (shown, f"ran {ran}" if ran else "") if x)
+            names[r.label] = f"{r.label} ({parts})" if parts else r.label
     return names
 
 
 def variant_lines(rows: Sequence[Row]) -> list[str]:
-    """A table of every variant label, its full config and what it computes."""
+    """A table of every variant label, its full config, what it computes and, where a
+    library picked the kernel, what ran."""
     seen: dict[str, Row] = {}
     for r in rows:
         seen.setdefault(r.label, r)
-    body = [[label, _config_text(r.config) or "(none)",
-             str(r.extra.get("definition", ""))] for label, r in sorted(seen.items())]
-    table = md_table(["variant", "config", "computes"], body)
-    table[1] = "|---|---|---|"
+    body = []
+    for label, r in sorted(seen.items()):
+        ran = "; ".join(f"{direction}: {' / '.join(ks)}"
+                        for direction, ks in kernels_of(rows, label).items())
+        body.append([label, _config_text(r.config) or "(none)",
+                     str(r.extra.get("definition", "")), ran])
+    table = md_table(["variant", "config", "computes", "kernel a library picked (ran)"], body)
+    table[1] = "|---|---|---|---|"
     return ["## Variants", "", *table]
 
 

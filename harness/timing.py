@@ -3,14 +3,20 @@
 Modes: ``fwd`` runs under ``torch.inference_mode``; ``bwd`` times ``torch.autograd.grad`` on a
 graph built once outside the timed region (``retain_graph=True``: every call returns fresh
 gradients, nothing accumulates into ``.grad``); ``fwd+bwd`` times both. Inputs are created by
-the caller; blocked_autorange's block-size estimate warms up before measuring; the thread
-count is explicit and recorded.
+the caller. On CPU, blocked_autorange (its block-size estimate warms up before measuring; the
+thread count is explicit and recorded). On CUDA, ``cuda_time``: CUDA events around each call
+after a warm-up, optionally overwriting 256 MiB between calls so that each starts with a cold
+L2 (what cudnn-frontend's benchmarks flush), one synchronisation at the end.
 """
 
 from __future__ import annotations
 
+import math
+import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.utils.benchmark as tbench
@@ -80,3 +86,52 @@ def time_callable(
         m = tbench.Measurement.merge([m, *more])[0]  # per-iteration times of every block
         return Timing(tuple(m.times), m.median, m.iqr, number, threads)
     return Timing(tuple(m.times), m.median, m.iqr, m.number_per_run, threads)
+
+
+L2_FLUSH_BYTES = 256 * 2**20  # larger than any GPU's L2 (H200: 60 MiB)
+MAX_REPS = 10_000
+
+
+def l2_flusher(device: str) -> Callable[[], object]:
+    """A call that overwrites L2_FLUSH_BYTES on the device (a cold cache for the next call)."""
+    buffer = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device=device)
+    return buffer.zero_
+
+
+def _quartiles(times: list[float]) -> float:
+    """Interquartile range (0 for fewer than two values)."""
+    if len(times) < 2:
+        return 0.0
+    q = statistics.quantiles(times, n=4, method="inclusive")
+    return q[2] - q[0]
+
+
+def cuda_time(
+    run: Callable[[], object], *, min_run_time: float, min_samples: int = 1,
+    flush: Callable[[], object] | None = None, event: Any = None, sync: Any = None,
+) -> Timing:
+    """Per-call seconds from CUDA events: warm-up calls (at least 3, about a tenth of the
+    budget) estimate the call's cost, then enough calls to fill ``min_run_time`` (at least
+    ``min_samples``), each between its own pair of events, ``flush()`` before each outside
+    the events; one synchronisation reads them all. ``event``/``sync`` default to
+    torch.cuda's (tests pass fakes)."""
+    event = event or torch.cuda.Event
+    sync = sync or torch.cuda.synchronize
+    sync()
+    start, calls = time.perf_counter(), 0
+    while calls < 3 or (time.perf_counter() - start < 0.1 * min_run_time and calls < 100):
+        run()
+        sync()
+        calls += 1
+    per_call = max((time.perf_counter() - start) / calls, 1e-7)
+    reps = min(MAX_REPS, max(min_samples, math.ceil(min_run_time / per_call)))
+    pairs = [(event(enable_timing=True), event(enable_timing=True)) for _ in range(reps)]
+    for begin, end in pairs:
+        if flush is not None:
+            flush()
+        begin.record()
+        run()
+        end.record()
+    sync()
+    times = [begin.elapsed_time(end) / 1e3 for begin, end in pairs]  # ms -> s
+    return Timing(tuple(times), statistics.median(times), _quartiles(times), 1, 0)

@@ -15,12 +15,18 @@ A variant is one module ``variants/<NAME>.py`` (found by name: variants/__init__
 - ``unavailable_reason(device, dtype, *, causal, backward, cfg) -> str | None`` -- a sentence a
   person understands when the variant cannot run here (beyond ``SUPPORTS``), else None;
   ``unavailable_reason = always_available`` for variants with nothing to add.
-- optional ``expected_peak_bytes(b, h, nq, nk, d, *, dtype, causal, backward, cfg) -> int``: the
+- optional ``expected_peak_bytes(b, h, nq, nk, d, *, dtype, causal, backward, cfg, device)
+  -> int``: the
   variant's analytic memory model (``variants/memory_models.py`` has the family formulas);
   without it, reports show no expectation beside the measured peak.
 - ``attention(q, k, v, *, causal, scale, cfg) -> Tensor`` with q (B, H, Nq, D) and k, v
   (B, H, Nk, D); output (B, H, Nq, D) in the input dtype. ``scale`` None means 1/sqrt(D).
   It may raise ``Unavailable`` for inputs it cannot handle; it never falls back silently.
+- optional ``dispatched(shape, *, device, dtype, causal, backward, cfg) -> Mapping[str, str]``:
+  for variants that hand the call to a library which picks a kernel (sdpa, xformers), what
+  runs for these inputs, in words naming the kernel underneath: ``{"forward": ...,
+  "backward": ...}``; every row records it, so that a row's name never claims a kernel other
+  than the one that ran.
 - optional ``REVISION: int`` (default 0) -- bump it when the variant starts to measure
   something else under the same name and config (a different algorithm, not a faster one):
   ``harness compare`` then calls old and new results "not comparable" instead of reading the
@@ -196,13 +202,26 @@ class Variant:
 
     def expected_peak_bytes(
         self, b: int, h: int, nq: int, nk: int, d: int, *,
-        dtype: torch.dtype, causal: bool, backward: bool, cfg: Any,
+        dtype: torch.dtype, causal: bool, backward: bool, cfg: Any, device: str,
     ) -> int | None:
-        """The variant's analytic peak-memory model, or None if it declares none."""
+        """The variant's analytic peak-memory model on ``device``, or None if it has none."""
         model = getattr(self.module, "expected_peak_bytes", None)
         if model is None:
             return None
-        return int(model(b, h, nq, nk, d, dtype=dtype, causal=causal, backward=backward, cfg=cfg))
+        return int(model(b, h, nq, nk, d, dtype=dtype, causal=causal, backward=backward,
+                         cfg=cfg, device=device))
+
+    def dispatched(
+        self, shape: Shape, *, device: str, dtype: torch.dtype, causal: bool, backward: bool,
+        cfg: Any,
+    ) -> dict[str, str]:
+        """The kernels a call with these inputs runs ({"forward": ..., "backward": ...}), for
+        variants whose library picks one; {} for the others."""
+        fn = getattr(self.module, "dispatched", None)
+        if fn is None:
+            return {}
+        return dict(fn(shape, device=device, dtype=dtype, causal=causal, backward=backward,
+                       cfg=cfg))
 
     def unavailable_reason(
         self, device: str, dtype: torch.dtype, *, causal: bool, backward: bool, cfg: Any

@@ -61,7 +61,7 @@ unavailable_reason = always_available  # runs wherever SUPPORTS says
 
 def expected_peak_bytes(
     b: int, h: int, nq: int, nk: int, d: int, *,
-    dtype: torch.dtype, causal: bool, backward: bool, cfg: Config,
+    dtype: torch.dtype, causal: bool, backward: bool, cfg: Config, device: str = "cpu",
 ) -> int:
     """Feature maps and (D, D) states; causal adds (C, C) blocks per chunk."""
     m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=True)

@@ -68,7 +68,7 @@ unavailable_reason = always_available  # runs wherever SUPPORTS says
 
 def expected_peak_bytes(
     b: int, h: int, nq: int, nk: int, d: int, *,
-    dtype: torch.dtype, causal: bool, backward: bool, cfg: Config,
+    dtype: torch.dtype, causal: bool, backward: bool, cfg: Config, device: str = "cpu",
 ) -> int:
     """O(N) rows plus one score tile forward, two backward (variants/memory_models.py)."""
     m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=True)

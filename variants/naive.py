@@ -42,7 +42,7 @@ unavailable_reason = always_available  # runs wherever SUPPORTS says
 
 def expected_peak_bytes(
     b: int, h: int, nq: int, nk: int, d: int, *,
-    dtype: torch.dtype, causal: bool, backward: bool, cfg: Config,
+    dtype: torch.dtype, causal: bool, backward: bool, cfg: Config, device: str = "cpu",
 ) -> int:
     """Two (Nq, Nk) matrices forward, three with backward (variants/memory_models.py)."""
     m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=False)

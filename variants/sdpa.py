@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from variants import memory_models
-from variants.contract import SoftmaxAttention, Supports, Unavailable
+from variants.contract import Shape, SoftmaxAttention, Supports, Unavailable
 
 NAME = "sdpa"
 
@@ -33,6 +33,15 @@ BACKENDS: Mapping[str, SDPBackend | None] = {
 NO_KERNEL = re.compile(r"No viable backend|No available kernel")
 #: Backends with a CPU kernel in torch 2.13 (others raise "No viable backend" on CPU).
 CPU_BACKENDS = frozenset({"auto", "math", "flash"})
+#: what each backend runs
+KERNELS: Mapping[str, str] = {
+    "math": "the composite matmul-softmax-matmul (aten._scaled_dot_product_attention_math)",
+    "flash": "PyTorch's flash kernel (aten._scaled_dot_product_flash_attention, its CPU "
+             "version on CPU)",
+    "efficient": "PyTorch's memory-efficient kernel (aten._scaled_dot_product_efficient_"
+                 "attention)",
+    "cudnn": "cuDNN's fused attention (aten._scaled_dot_product_cudnn_attention)",
+}
 
 
 @dataclass(frozen=True)
@@ -69,16 +78,37 @@ def unavailable_reason(
     return None
 
 
+def dispatched(shape: Shape, *, device: str, dtype: torch.dtype, causal: bool,
+               backward: bool, cfg: Config) -> dict[str, str]:
+    """The backend that runs these inputs: the pinned one, or the one PyTorch's own selector
+    picks for ``auto`` (``torch._fused_sdp_choice``, what scaled_dot_product_attention calls;
+    PyTorch has no public API for it)."""
+    name = cfg.backend
+    if name == "auto":
+        q = torch.empty(shape.b, shape.h, shape.nq, shape.d, device=device, dtype=dtype,
+                        requires_grad=backward)  # (B, H, Nq, D)
+        k = torch.empty(shape.b, shape.h, shape.nk, shape.d, device=device, dtype=dtype,
+                        requires_grad=backward)  # (B, H, Nk, D)
+        choice = SDPBackend(torch._fused_sdp_choice(q, k, k, None, 0.0, causal))
+        name = next((n for n, b in BACKENDS.items() if b == choice), choice.name)
+    what = f"sdpa {name}: {KERNELS.get(name, 'no kernel')}"
+    return {"forward": what, **({"backward": what} if backward else {})}
+
+
 def expected_peak_bytes(
     b: int, h: int, nq: int, nk: int, d: int, *,
-    dtype: torch.dtype, causal: bool, backward: bool, cfg: Config,
+    dtype: torch.dtype, causal: bool, backward: bool, cfg: Config, device: str = "cpu",
 ) -> int:
-    """math: materialised scores; fused: O(N) rows plus CPU flash's per-thread fp32 tiles."""
-    m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=True)
-    if cfg.backend == "math":
+    """math: materialised scores; fused: O(N) rows, plus, on CPU only, the CPU flash kernel's
+    per-thread fp32 tiles (CUDA kernels keep their tiles on chip)."""
+    if cfg.backend == "math":  # upcasts bf16/fp16 to fp32 on CPU and CUDA alike
+        m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=True)
         return memory_models.materialised(m, causal=False, backward=backward)
-    per_thread = (min(256, nq) * min(512, nk) + min(256, nq) * d) * 4  # qk and out tiles
-    workspace = torch.get_num_threads() * per_thread
+    m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=device == "cpu")
+    workspace = 0
+    if device == "cpu":
+        per_thread = (min(256, nq) * min(512, nk) + min(256, nq) * d) * 4  # qk and out tiles
+        workspace = torch.get_num_threads() * per_thread
     return memory_models.streaming(m, backward=backward, workspace=workspace)
 
 

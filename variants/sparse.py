@@ -177,7 +177,7 @@ def computed_scores(nq: int, nk: int, causal: bool, cfg: Config) -> int:
 
 def expected_peak_bytes(
     b: int, h: int, nq: int, nk: int, d: int, *,
-    dtype: torch.dtype, causal: bool, backward: bool, cfg: Config,
+    dtype: torch.dtype, causal: bool, backward: bool, cfg: Config, device: str = "cpu",
 ) -> int:
     """Forward: O(N) rows plus one chunk of scores (and, for BigBird, gathered key blocks);
     fwd+bwd (one pass, all saved): four score-sized tensors plus rows and their gradients."""

@@ -2,8 +2,10 @@
 
 xformers takes (B, N, H, D) ("BMHK"); we convert from and to (B, H, N, D). Causal maps to
 ``LowerTriangularMask``, which is top-left aligned like ours (query i sees keys j <= i).
-``Config.op`` pins a kernel family (``cutlass``, ``flash``) or lets xformers dispatch
-(``auto``); an op that cannot run the inputs raises ``Unavailable``, never a fallback.
+``Config.op`` pins an op (``cutlass``, ``flash``: in 0.0.35 these call PyTorch's own
+efficient and flash kernels; ``splitk``, ``fa3``: xformers' own kernels) or lets xformers
+dispatch (``auto``); an op that cannot run the inputs raises ``Unavailable``, never a fallback.
+Each row records the op that ran and the kernel under it (``dispatched``).
 xformers 0.0.35 has no CPU kernels, so on CPU the variant is unavailable with that reason.
 xformers is imported lazily: importing it prints a warning about its compiled extensions.
 """
@@ -16,21 +18,23 @@ from typing import Any
 import torch
 
 from variants import memory_models
-from variants.contract import DTYPES, SoftmaxAttention, Supports, Unavailable
+from variants.contract import DTYPES, Shape, SoftmaxAttention, Supports, Unavailable
 
 NAME = "xformers"
 
-#: op name -> attribute of xformers.ops.fmha holding the (forward, backward) op pair.
+#: Config.op -> the module of xformers.ops.fmha whose FwOp (and BwOp) it pins; None: dispatch
 OPS: dict[str, str | None] = {
     "auto": None,
-    "cutlass": "MemoryEfficientAttentionCutlassOp",
-    "flash": "MemoryEfficientAttentionFlashAttentionOp",
+    "cutlass": "cutlass",
+    "flash": "flash",
+    "splitk": "triton_splitk",  # xformers' own Triton kernel; forward only, built for decoding
+    "fa3": "flash3",  # FlashAttention-3 (Hopper), when its package is importable
 }
 
 
 @dataclass(frozen=True)
 class Config:
-    """op: auto (xformers dispatches), cutlass or flash."""
+    """op: auto (xformers dispatches), cutlass, flash, splitk or fa3."""
 
     op: str = "auto"
 
@@ -39,7 +43,7 @@ class Config:
             raise ValueError(f"op must be one of {list(OPS)}, got {self.op!r}")
 
 
-PRESETS: dict[str, Config] = {"cutlass": Config(op="cutlass"), "flash": Config(op="flash")}
+PRESETS: dict[str, Config] = {name: Config(op=name) for name in OPS if name != "auto"}
 SUPPORTS = Supports(
     devices=frozenset({"cpu", "cuda"}),  # cpu is declared so the reason below is given
     dtypes=frozenset({DTYPES["fp32"], DTYPES["bf16"], DTYPES["fp16"]}),
@@ -70,19 +74,68 @@ def causal_bias(causal: bool) -> Any:
     return LowerTriangularMask()
 
 
-def _op(cfg: Config) -> Any:
-    """The pinned xformers op pair, or None to let xformers dispatch."""
+def op_pair(cfg: Config) -> tuple[Any, Any] | None:
+    """The pinned (FwOp, BwOp or None) of ``cfg.op``, or None to let xformers dispatch."""
     if OPS[cfg.op] is None:
         return None
     from xformers.ops import fmha
 
-    return getattr(fmha, OPS[cfg.op])
+    module = getattr(fmha, OPS[cfg.op])
+    return module.FwOp, getattr(module, "BwOp", None)
+
+
+#: what runs under an xformers 0.0.35 FMHA op, by the start of its NAME ("-pt": PyTorch's)
+UNDERNEATH = (
+    ("cutlassF-pt", "PyTorch's memory-efficient kernel (aten._efficient_attention_forward), "
+                    "the kernel of sdpa@efficient"),
+    ("cutlassB-pt", "PyTorch's memory-efficient kernel (aten._efficient_attention_backward), "
+                    "the kernel of sdpa@efficient"),
+    ("fa2F@", "PyTorch's flash kernel (aten._flash_attention_forward), the kernel of sdpa@flash"),
+    ("fa2B@", "PyTorch's flash kernel (aten._flash_attention_backward), the kernel of "
+              "sdpa@flash"),
+    ("triton_splitK", "xformers' own Triton split-K kernel"),
+    ("fa3", "FlashAttention-3, through xformers"),
+    ("ck", "xformers' own composable-kernel (ROCm) kernel"),
+)
+
+
+def underneath(op_name: str) -> str:
+    """``NAME: the kernel under it`` for an xformers FMHA op."""
+    for prefix, kernel in UNDERNEATH:
+        if op_name.startswith(prefix) and (prefix[:3] != "fa2" or op_name.endswith("-pt")):
+            return f"{op_name}: {kernel}"
+    return f"{op_name}: xformers' own kernel"
+
+
+def dispatched(shape: Shape, *, device: str, dtype: torch.dtype, causal: bool,
+               backward: bool, cfg: Config) -> dict[str, str]:
+    """The FwOp (and BwOp) xformers runs for these inputs and the kernel under each: the
+    pinned ones, or what its dispatcher picks (``fmha.dispatch``, which
+    ``memory_efficient_attention`` itself calls; xformers has no public API for it)."""
+    from xformers.ops.fmha import dispatch
+    from xformers.ops.fmha.common import Inputs
+
+    q = torch.empty(shape.b, shape.nq, shape.h, shape.d, device=device, dtype=dtype)  # BMHK
+    k = torch.empty(shape.b, shape.nk, shape.h, shape.d, device=device, dtype=dtype)
+    inputs = Inputs(q, k, k, attn_bias=causal_bias(causal))
+    pinned = op_pair(cfg)
+    try:
+        fw = pinned[0] if pinned else dispatch._dispatch_fw(inputs, backward)
+        out = {"forward": underneath(fw.NAME)}
+        if backward:
+            bw = pinned[1] if pinned else dispatch._dispatch_bw(inputs, varlen_lse_packed=None)
+            if bw is None:
+                raise NotImplementedError(f"{fw.NAME} has no backward op")
+            out["backward"] = underneath(bw.NAME)
+    except NotImplementedError as exc:
+        raise Unavailable(f"xformers dispatches no op for these inputs: {exc}") from exc
+    return out
 
 
 #: modules of xformers.ops.fmha holding FMHA ops (FwOp, and BwOp where there is one)
 FMHA_MODULES = ("cutlass", "flash", "triton_splitk", "flash3", "ck")
 #: Config.op -> the modules whose ops it may dispatch to
-CANDIDATES = {"auto": FMHA_MODULES, "cutlass": ("cutlass",), "flash": ("flash",)}
+CANDIDATES = {op: FMHA_MODULES if module is None else (module,) for op, module in OPS.items()}
 
 
 def op_reasons(device: str, dtype: torch.dtype, *, head_dim: int = 64, causal: bool = False,
@@ -115,6 +168,10 @@ def unavailable_reason(
         import xformers.ops  # noqa: F401
     except ImportError as exc:
         return f"xformers cannot be imported: {exc}"
+    pinned = op_pair(cfg)
+    if backward and pinned is not None and pinned[1] is None:
+        return (f"xformers' {OPS[cfg.op]} has a forward op only ({pinned[0].NAME}): no "
+                "backward to time")
     reasons = op_reasons(device, dtype, causal=causal, backward=backward,
                          modules=CANDIDATES[cfg.op])
     if not any(not why for why in reasons.values()):
@@ -132,7 +189,7 @@ def unavailable_reason(
 
 def expected_peak_bytes(
     b: int, h: int, nq: int, nk: int, d: int, *,
-    dtype: torch.dtype, causal: bool, backward: bool, cfg: Config,
+    dtype: torch.dtype, causal: bool, backward: bool, cfg: Config, device: str = "cpu",
 ) -> int:
     """Fused CUDA kernels keep tiles on chip: output, row statistics and gradients only."""
     m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=False)
@@ -146,12 +203,18 @@ def attention(
     """memory_efficient_attention on q (B, H, Nq, D), k/v (B, H, Nk, D) -> (B, H, Nq, D)."""
     import xformers.ops as xops
 
+    pinned, bias = op_pair(cfg), causal_bias(causal)
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    if grad and pinned is not None and pinned[1] is None:
+        raise Unavailable(f"xformers' {OPS[cfg.op]} has a forward op only: no backward")
     try:
-        out = xops.memory_efficient_attention(
-            to_bmhk(q), to_bmhk(k), to_bmhk(v),
-            attn_bias=causal_bias(causal), scale=scale, op=_op(cfg),
-        )  # (B, Nq, H, D)
-    except NotImplementedError as exc:
+        if grad or pinned is None:
+            out = xops.memory_efficient_attention(
+                to_bmhk(q), to_bmhk(k), to_bmhk(v), attn_bias=bias, scale=scale, op=pinned)
+        else:  # forward only: the forward op alone (split-K has no backward op)
+            out = xops.memory_efficient_attention_forward(
+                to_bmhk(q), to_bmhk(k), to_bmhk(v), attn_bias=bias, scale=scale, op=pinned[0])
+    except NotImplementedError as exc:  # (B, Nq, H, D) above
         why = " ".join(line.strip() for line in str(exc).strip().splitlines()[:8])
         raise Unavailable(f"xformers op {cfg.op!r} cannot run these inputs: {why}") from exc
     return from_bmhk(out)  # (B, H, Nq, D)
