@@ -5,7 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run check test test-slow bench lint gate baseline baseline-example gate-proof
+.PHONY: run check test test-slow bench lint gate baseline baseline-example gate-proof \
+	gpu-wheels gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -63,3 +64,14 @@ baseline-example: $(STAMP)
 # and injected +20% memory, about 40 minutes on 2 cores.
 gate-proof: $(STAMP)
 	$(PY) -m tests.bench.gate_proof --runs 10 --out results/gate-proof
+
+# The GPU check (docs/gpu.md). Here, with network: the wheels the GPU image lacks, at the pinned
+# versions, into .gpu-wheels/ (ignored; carry it to the GPU machine with the tree).
+gpu-wheels: $(STAMP)
+	$(PY) -m harness gpu-wheels
+
+# There, without network and without .venv, under the image's own $(PYTHON): a venv over its
+# packages with .gpu-wheels/ installed offline, then doctor, the CUDA tests, the gpu-check
+# sweep and its report within 480 s, packed into at most 8 files in the empty folder $(OUT).
+gpu-check:
+	$(PYTHON) -m harness gpu-check --out "$(OUT)" --budget-s 480

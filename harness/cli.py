@@ -139,6 +139,34 @@ def cmd_report(args: argparse.Namespace) -> int:
     return report_runs(args.runs, args.out, args.baseline, args.results_dir)
 
 
+def cmd_gpu_wheels(args: argparse.Namespace) -> int:
+    """Download and check the wheels the GPU machine lacks."""
+    from harness.gpu_wheels import report_wheels
+
+    return report_wheels(args.dest, args.check_only)
+
+
+def cmd_gpu_check(args: argparse.Namespace) -> int:
+    """Every GPU check in one run, packed into --out."""
+    from harness.gpucheck import run_check
+
+    return run_check(args.out, args.budget_s, args.device, args.sweep_overrides)
+
+
+def _gpu_wheels_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dest", type=Path, default=Path(".gpu-wheels"),
+                   help="folder for the wheels (default .gpu-wheels, git-ignored)")
+    p.add_argument("--check-only", action="store_true", help="check the folder, download nothing")
+
+
+def _gpu_check_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, required=True, help="empty folder for the results")
+    p.add_argument("--budget-s", type=float, default=480.0,
+                   help="seconds for the whole run (default 480)")
+    p.add_argument("--device", default="cuda", help="cuda (default); cpu tries it out here")
+    p.add_argument("sweep_overrides", nargs="*", help="extra overrides for the sweep")
+
+
 def _merge_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", type=Path, help="run directory to create or extend")
     p.add_argument("sources", type=Path, nargs="+", help="run directories or shard folders")
@@ -258,22 +286,31 @@ COMMANDS: dict[str, tuple[str, Options, Callable[[argparse.Namespace], int]]] = 
     "export": ("write a run's rows as pytest-benchmark JSON", _export_options, cmd_export),
     "report": ("report.md with tables and figures (PNG, SVG) for runs", _report_options,
                cmd_report),
+    "gpu-wheels": ("download the wheels the GPU machine lacks into .gpu-wheels/ and check them",
+                   _gpu_wheels_options, cmd_gpu_wheels),
+    "gpu-check": ("on a GPU machine: doctor, the CUDA tests, a budgeted sweep and its report, "
+                  "packed into --out (docs/gpu.md)", _gpu_check_options, cmd_gpu_check),
 }
 
 
-def parser() -> argparse.ArgumentParser:
-    """The top-level parser: one subcommand per entry of HYDRA_COMMANDS and COMMANDS."""
+def parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The top-level parser: one subcommand per entry of HYDRA_COMMANDS and COMMANDS, with the
+    options of ``command`` only when one is named (no other command's imports run: gpu-check
+    starts where Hydra and xformers are not installed yet)."""
     top = argparse.ArgumentParser(
         prog="python -m harness", description="attnbench: benchmark and check attention "
         "implementations.")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (text, schema, _) in HYDRA_COMMANDS.items():
-        p = sub.add_parser(name, help=text, description=text, epilog=_fields(schema),
+        mine = command in (None, name)
+        p = sub.add_parser(name, help=text, description=text,
+                           epilog=_fields(schema) if mine else None,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("overrides", nargs="*", help=HYDRA_HELP)
     for name, (text, options, func) in COMMANDS.items():
         p = sub.add_parser(name, help=text, description=text)
-        options(p)
+        if command in (None, name):
+            options(p)
         p.set_defaults(func=func)
     return top
 
@@ -325,7 +362,7 @@ def _dispatch(argv: list[str]) -> int:
         if name in HYDRA_COMMANDS and not {"-h", "--help"} & set(argv[1:]):
             return HYDRA_COMMANDS[name][2](argv[1:])  # Hydra reads its overrides untouched
         own, overrides = split_argv(argv)
-        args = parser().parse_args(own)  # argparse prints usage and exits 2 itself
+        args = parser(name or None).parse_args(own)  # argparse prints usage, exits 2 itself
         args.overrides = overrides
         if overrides and args.command != "ab":
             raise Usage(f"{args.command}: '--' and what follows is for ab only")

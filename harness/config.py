@@ -43,6 +43,7 @@ class MeasureSettings:
     check_max_scores: int = 2**22  # B*H*Nq*Nk above which the oracle runs at a smaller shape
     memory: bool = True  # measure peak memory (a separate pass)
     roof: bool = True  # measure the GEMM roof the efficiency divides by
+    l2_flush: bool = False  # CUDA: overwrite 256 MiB between timed repetitions (cold L2)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -74,6 +75,7 @@ class MeasureConf:
     threads: int = MeasureSettings.threads
     check: bool = MeasureSettings.check
     memory: bool = MeasureSettings.memory
+    l2_flush: bool = MeasureSettings.l2_flush
     seed: int = MeasureSettings.seed
     timeout_s: float = TIMEOUT_S  # per case (oracle, timing and memory pass together)
 
@@ -93,7 +95,7 @@ class MeasureConf:
         """The per-case measurement settings these fields ask for."""
         return MeasureSettings(min_run_time=self.min_run_time, min_samples=self.min_samples,
                                threads=self.threads, check=self.check, memory=self.memory,
-                               seed=self.seed)
+                               l2_flush=self.l2_flush, seed=self.seed)
 
 
 @dataclass
@@ -108,11 +110,15 @@ class SweepConf(MeasureConf):
     force: bool = False  # run cases whose predicted memory exceeds the free memory
     memory_margin: float = 0.8  # predicted peak must fit in this fraction of free memory
     paced: bool = False  # harness ab: wait for a line on stdin before each case
+    budget_s: float = 0.0  # seconds for the sweep (0: none); cases left then are skipped rows
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0 < self.memory_margin <= 1:
             raise ConfigError(f"memory_margin: must be in (0, 1], got {self.memory_margin!r}")
+        if not self.budget_s >= 0:
+            raise ConfigError(f"budget_s: must be >= 0 seconds (0 = no budget), "
+                              f"got {self.budget_s!r}")
 
 
 @dataclass
@@ -163,6 +169,7 @@ class SweepSettings:
     memory_margin: float
     paced: bool
     resume: bool  # completing an existing run directory (else it must be new)
+    budget_s: float  # seconds for the sweep; once spent, the cases left are skipped (0: none)
 
 
 @dataclass(frozen=True)
@@ -287,9 +294,13 @@ def grid_settings(conf: MeasureConf) -> GridSettings:
     """Resolve a MeasureConf (validated again: it may have changed since it was built) into
     frozen settings: the variant specs and the device, before any work is done."""
     conf.__post_init__()
+    device = resolve_device(conf.device)
+    if conf.l2_flush and not device.startswith("cuda"):
+        raise ConfigError(f"l2_flush: flushes a CUDA device's L2 between repetitions; device "
+                          f"is {device!r} (allowed there: l2_flush=false)")
     return GridSettings(
         specs=variant_specs(conf.variants, conf.extra_variants, conf.exclude),
-        device=resolve_device(conf.device),
+        device=device,
         dtypes=tuple(conf.dtypes),
         modes=tuple(dict.fromkeys(conf.modes)),
         causal=tuple(dict.fromkeys(conf.causal)),
@@ -306,7 +317,7 @@ def sweep_settings(conf: SweepConf) -> SweepSettings:
     """Resolve a SweepConf into frozen settings, before any work is done or anything written."""
     return SweepSettings(grid=grid_settings(conf), preset=conf.preset, force=conf.force,
                          memory_margin=conf.memory_margin, paced=conf.paced,
-                         resume=bool(conf.resume))
+                         resume=bool(conf.resume), budget_s=conf.budget_s)
 
 
 def check_settings(conf: CheckConf) -> CheckSettings:

@@ -20,7 +20,7 @@ from harness.store import MANIFEST, ROWS, RunStore, StoreError, find_runs
 
 #: resume may differ from the run's own config in these (what is attempted, where written)
 FREE_KEYS = frozenset({"resume", "run_dir", "results_dir", "paced", "extend", "force",
-                       "memory_margin", "timeout_s"})
+                       "memory_margin", "timeout_s", "budget_s"})
 #: ... and in these with extend=true (the grid's axes: new cases, none measured differently)
 GRID_KEYS = frozenset({"preset", "variants", "exclude", "extra_variants", "dtypes", "modes",
                        "causal", "batch_sizes", "seq_lens", "heads", "head_dim"})

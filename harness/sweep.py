@@ -1,11 +1,13 @@
 """The sweep: expand the grid, run each case in a supervised worker, keep every row.
 
 Rows are appended to ``rows.jsonl`` as each case finishes (``harness/store.py``); a resumed
-sweep runs only the cases whose keys are missing. Two rules skip cases without running them,
+sweep runs only the cases whose keys are missing. Three rules skip cases without running them,
 each recorded as a ``skipped`` row with its reason: the OOM frontier (once a variant runs out
-of memory at some N, larger N with the same other axes are not attempted) and predicted OOM
+of memory at some N, larger N with the same other axes are not attempted), predicted OOM
 (the variant's memory model plus the inputs exceed ``memory_margin`` of the free memory,
-unless ``force``).
+unless ``force``) and the budget (once ``budget_s`` seconds have passed since the sweep began
+measuring, every case left; the first case always runs). With a budget, cases run smallest
+shape first across all variants, so a budget cuts the largest shapes, not whole variants.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import datetime as dt
 import json
 import os
 import sys
+import time
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -35,7 +38,7 @@ from harness.memory import MIB
 from harness.rows import Row
 from harness.rundir import FREE_KEYS
 from harness.store import RunStore, StoreError, iter_status_counts, measured_machine
-from harness.vocab import MEASURED, PACE_PREFIX, Status
+from harness.vocab import BUDGET_PREFIX, MEASURED, PACE_PREFIX, Status
 from harness.worker import Supervisor
 from variants.contract import DTYPES
 
@@ -61,7 +64,7 @@ def predicted_bytes(case: Case) -> int | None:
     """The memory model's peak for the case plus its inputs (q, k, v, dout), or None."""
     model = case.spec.variant.expected_peak_bytes(
         case.b, case.h, case.nq, case.nk, case.d, dtype=DTYPES[case.dtype],
-        causal=case.causal, backward=case.backward, cfg=case.spec.cfg,
+        causal=case.causal, backward=case.backward, cfg=case.spec.cfg, device=case.device,
     )
     if model is None:
         return None
@@ -81,6 +84,29 @@ def skip_reason(case: Case, frontier: dict[tuple[Any, ...], int], s: SweepSettin
                 f"{s.memory_margin:.0%} of the {free / MIB:.0f} MiB free is "
                 f"{s.memory_margin * free / MIB:.0f} MiB (force=true runs it anyway)")
     return None
+
+
+
+
+def budget_order(todo: list[Case]) -> list[Case]:
+    """The cases smallest shape first (N, then B), keeping the grid's order within a shape:
+    under a budget every variant gets its small cases before any gets its large ones."""
+    return sorted(todo, key=lambda c: (c.nq, c.nk, c.b))
+
+
+def budget_reason(s: SweepSettings, started: float, i: int, total: int,
+                  budget: dict[str, Any]) -> str | None:
+    """Why case ``i`` of ``total`` is not attempted once the sweep's budget_s is spent (the
+    first case always runs), or None; ``budget`` records where it was spent and the count."""
+    if not s.budget_s or i == 0:
+        return None
+    if "spent_after_cases" not in budget:
+        if time.monotonic() - started <= s.budget_s:
+            return None
+        budget["spent_after_cases"] = i
+    budget["skipped"] = budget.get("skipped", 0) + 1
+    return (f"{BUDGET_PREFIX}the sweep's budget_s={s.budget_s:g} s was spent after "
+            f"{budget['spent_after_cases']} of {total} cases (not attempted)")
 
 
 def _note_oom(frontier: dict[tuple[Any, ...], int], row: Row) -> None:
@@ -139,6 +165,8 @@ def _sweep(s: SweepSettings, store: RunStore, resolved: dict[str, Any],
     for row in store.rows():
         _note_oom(frontier, row)
     todo = [c for c in all_cases if c.key() not in done]
+    todo = budget_order(todo) if s.budget_s else todo
+    budget: dict[str, Any] = {"budget_s": s.budget_s, "skipped": 0} if s.budget_s else {}
     store.write_manifest(manifest(s, resolved, store, started=started, status="running",
                                   cases_total=len(all_cases), extensions=extensions,
                                   dropped=store.dropped))
@@ -147,7 +175,7 @@ def _sweep(s: SweepSettings, store: RunStore, resolved: dict[str, Any],
     if s.paced:
         _pace_signal(f"ready {len(todo)} {out_dir.resolve()}")
     try:
-        _run_cases(todo, s, store, frontier, roofs)
+        _run_cases(todo, s, store, frontier, roofs, budget)
         status = "complete"
     except (KeyboardInterrupt, PaceEnded):
         print(f"\ninterrupted: {len(store.rows())} rows kept in {out_dir}; finish them with "
@@ -157,7 +185,12 @@ def _sweep(s: SweepSettings, store: RunStore, resolved: dict[str, Any],
         store.write_manifest(manifest(s, resolved, store, started=started, status=status,
                                       finished=dt.datetime.now(dt.UTC).isoformat(),
                                       cases_total=len(all_cases), extensions=extensions,
-                                      dropped=store.dropped, roofs=roofs))
+                                      dropped=store.dropped, roofs=roofs,
+                                      **({"budget": budget} if budget else {})))
+    if budget.get("skipped"):
+        print(f"budget: {budget['skipped']} of {len(todo)} cases skipped, not attempted: "
+              f"budget_s={s.budget_s:g} s was spent after {budget['spent_after_cases']} "
+              f"cases (their rows say so)", file=out)
     rows = store.rows()
     write_csv(rows, out_dir / "rows.csv")
     write_pytest_benchmark(rows, out_dir / "pytest_benchmark.json",
@@ -180,9 +213,11 @@ def checkpoint_roofs(s: SweepSettings, when: str) -> list[dict[str, Any]]:
 
 
 def _run_cases(todo: list[Case], s: SweepSettings, store: RunStore,
-               frontier: dict[tuple[Any, ...], int], roofs: list[dict[str, Any]]) -> None:
+               frontier: dict[tuple[Any, ...], int], roofs: list[dict[str, Any]],
+               budget: dict[str, Any]) -> None:
     """Supervise the remaining cases, appending each row as soon as it exists; measure the
     roof before the first and after the last (in a paced run, within this side's turn)."""
+    started = time.monotonic()
     with Supervisor(timeout_s=s.grid.timeout_s) as sup, tqdm(
         total=len(todo), unit="case", file=sys.stderr, dynamic_ncols=True
     ) as bar:
@@ -193,7 +228,8 @@ def _run_cases(todo: list[Case], s: SweepSettings, store: RunStore,
                 roofs.extend(checkpoint_roofs(s, "start"))
             bar.set_postfix_str(f"{case.spec.label} {case.dtype} {case.mode} "
                                 f"causal={case.causal} B={case.b} N={case.nq}")
-            reason = skip_reason(case, frontier, s, free_bytes(case.device))
+            reason = (budget_reason(s, started, i, len(todo), budget)
+                      or skip_reason(case, frontier, s, free_bytes(case.device)))
             if reason:
                 row = replace(base_row(case), status=Status.SKIPPED, reason=reason)
             else:

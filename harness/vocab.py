@@ -36,6 +36,9 @@ FAILING: frozenset[str] = frozenset(
 #: the prefix of the lines a paced sweep (``paced=true``) writes for its driver, harness ab
 PACE_PREFIX = "@attnbench-pace "
 
+#: how the reason of a row skipped because the sweep's budget_s was spent begins
+BUDGET_PREFIX = "budget: "
+
 #: what is timed: the forward call, the backward call alone, or both
 MODES: tuple[str, ...] = ("fwd", "bwd", "fwd+bwd")
 
