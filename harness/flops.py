@@ -34,13 +34,23 @@ def forward_flops(semantics: Semantics, b: int, h: int, nq: int, nk: int, d: int
     if isinstance(semantics, LinearAttention):
         return 2 * b * h * (nq + nk) * d * d
     if isinstance(semantics, SparseSoftmax):
-        if semantics.kept is None:
+        count = semantics.computed or semantics.kept
+        if count is None:
             raise ValueError(f"sparse pattern {semantics.description!r} declares no kept() count")
-        return 4 * b * h * d * semantics.kept(nq, nk, causal)
+        return 4 * b * h * d * count(nq, nk, causal)
     if isinstance(semantics, SoftmaxAttention):
         pairs = causal_pairs(nq, nk) if causal else nq * nk
         return 4 * b * h * d * pairs
     raise TypeError(f"unknown semantics {semantics!r}")
+
+
+def flops_convention(semantics: Semantics, causal: bool) -> str:
+    """Which pairs a row's FLOPs count, in words (every row records it)."""
+    if isinstance(semantics, LinearAttention):
+        return "linear form: 2 (Nq + Nk) D^2 per head"
+    if isinstance(semantics, SparseSoftmax):
+        return semantics.flops_convention
+    return "causal pairs j <= i" if causal else "all Nq x Nk pairs"
 
 
 def mode_flops(semantics: Semantics, mode: str, b: int, h: int, nq: int, nk: int, d: int,

@@ -23,7 +23,7 @@ import torch
 
 from harness.cases import Case
 from harness.config import MeasureSettings
-from harness.flops import current_roof, mode_flops
+from harness.flops import current_roof, flops_convention, mode_flops
 from harness.memory import MIB, peak_bytes
 from harness.oracle import Agreement, Shape, check_agreement, make_inputs
 from harness.rows import Row
@@ -61,7 +61,9 @@ def base_row(case: Case) -> Row:
         device=case.device, dtype=case.dtype, mode=case.mode, causal=case.causal,
         b=case.b, h=case.h, nq=case.nq, nk=case.nk, d=case.d, status=Status.OK,
         extra={"definition": case.spec.variant.definition(case.spec.cfg),
-               "config_diff": {k: v for k, v in case.config.items() if defaults.get(k) != v}},
+               "config_diff": {k: v for k, v in case.config.items() if defaults.get(k) != v},
+               "flops_convention": flops_convention(case.spec.variant.computes(case.spec.cfg),
+                                                    case.causal)},
     )
 
 

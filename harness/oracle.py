@@ -96,10 +96,12 @@ def reference(
     nq, nk = q.shape[-2], k.shape[-2]
     if isinstance(semantics, SoftmaxAttention):
         keep = causal_keep(nq, nk, q.device) if causal else None
-        return masked_softmax_attention(q, k, v, default_scale(q.shape[-1], scale), keep)
+        return masked_softmax_attention(q, k, v, default_scale(q.shape[-1], scale), keep,
+                                        semantics.score_mod)
     if isinstance(semantics, SparseSoftmax):
         keep = semantics.keep(nq, nk, causal, q.device)  # (Nq, Nk), causal folded in
-        return masked_softmax_attention(q, k, v, default_scale(q.shape[-1], scale), keep)
+        return masked_softmax_attention(q, k, v, default_scale(q.shape[-1], scale), keep,
+                                        semantics.score_mod)
     if isinstance(semantics, LinearAttention):
         return _linear_reference(q, k, v, causal=causal, semantics=semantics)
     raise TypeError(f"unknown semantics {semantics!r}")

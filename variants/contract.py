@@ -93,11 +93,34 @@ class Supports:
     backward: bool = True
 
 
+#: score(s, h, q_idx, kv_idx, heads) -> s: a FlexAttention score_mod given the head count
+ScoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ScoreMod:
+    """A change to the scaled scores before the mask and the softmax (ALiBi, soft-capping),
+    written as index functions (variants/patterns.py) so kernels and the oracle share it."""
+
+    description: str
+    fn: ScoreFn
+
+    def dense(self, scores: torch.Tensor) -> torch.Tensor:
+        """Apply to dense scores (B, H, Nq, Nk), the indices broadcast."""
+        _, heads, nq, nk = scores.shape
+        dev = scores.device
+        h = torch.arange(heads, device=dev)[:, None, None]  # (H, 1, 1)
+        q = torch.arange(nq, device=dev)[None, :, None]  # (1, Nq, 1)
+        kv = torch.arange(nk, device=dev)[None, None, :]  # (1, 1, Nk)
+        return self.fn(scores, h, q, kv, heads)  # (B, H, Nq, Nk)
+
+
 @dataclass(frozen=True)
 class SoftmaxAttention:
-    """Exact softmax(Q K^T * scale) V."""
+    """Exact softmax(score_mod(Q K^T * scale)) V."""
 
     kind: str = "softmax"
+    score_mod: ScoreMod | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +132,12 @@ class SparseSoftmax:
     #: kept(nq, nk, causal) -> number of kept (query, key) pairs, without a dense mask.
     kept: Callable[[int, int, bool], int] | None = None
     kind: str = "sparse"
+    score_mod: ScoreMod | None = None
+    #: computed(nq, nk, causal) -> (query, key) pairs the kernel computes when that is not the
+    #: kept ones (whole blocks of a block mask; every pair under a dense mask); FLOPs count them
+    computed: Callable[[int, int, bool], int] | None = None
+    #: how FLOPs count this semantics' pairs, said in every row
+    flops_convention: str = "kept pairs"
 
 
 @dataclass(frozen=True)
@@ -191,6 +220,9 @@ class Variant:
             what = f"linear attention ({phi.rstrip('.')}; eps={sem.eps:g})"
         else:
             what = "softmax attention"
+        mod = getattr(sem, "score_mod", None)
+        if mod is not None:
+            what += f" with {mod.description}"
         return f"{what}; revision {getattr(self.module, 'REVISION', 0)}"
 
     def attention(

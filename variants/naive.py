@@ -14,6 +14,7 @@ import torch
 
 from variants import memory_models
 from variants.contract import (
+    ScoreMod,
     SoftmaxAttention,
     Supports,
     always_available,
@@ -55,10 +56,13 @@ def causal_keep(nq: int, nk: int, device: torch.device | str) -> torch.Tensor:
 
 
 def masked_softmax_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, keep: torch.Tensor | None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, keep: torch.Tensor | None,
+    score_mod: ScoreMod | None = None,
 ) -> torch.Tensor:
-    """softmax over kept entries of (Q K^T * scale), times V; empty rows give zeros."""
+    """softmax over kept entries of score_mod(Q K^T * scale), times V; empty rows give zeros."""
     scores = (q @ k.transpose(-2, -1)).mul_(scale)  # (B, H, Nq, Nk)
+    if score_mod is not None:
+        scores = score_mod.dense(scores)  # (B, H, Nq, Nk)
     if keep is not None:
         scores.masked_fill_(~keep, float("-inf"))
     # Subtracting the row max changes nothing mathematically (hence detach) but keeps exp finite.
