@@ -18,7 +18,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from harness.report_data import Footnotes, cell, group, peak_mib, scaling_table
-from harness.report_figures import FigureKind, FigureView, colours, registered, save
+from harness.report_figures import FigureKind, FigureView, registered
+from harness.report_plot import colours, save
 from harness.report_text import (
     fingerprint_lines,
     legend_names,

@@ -15,16 +15,14 @@ Colours are fixed per variant label across every figure of a report.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullLocator
 
 from harness.report_data import (
     CELL_STATUS,
@@ -35,12 +33,9 @@ from harness.report_data import (
     safe_name,
     series,
 )
+from harness.report_plot import N_LABEL, empty, legend, log_axes, n_axis, panels
 from harness.rows import Row
 from harness.vocab import MEASURED, Status
-
-N_LABEL = "sequence length N (tokens)"
-PALETTE = [f"C{i}" for i in range(10)] + ["#8c564b", "#393b79", "#637939", "#8c6d31", "#843c39"]
-
 
 Scope = Literal["setting", "run"]
 
@@ -100,69 +95,12 @@ def registered(scope: Scope) -> list[FigureKind]:
     return sorted((k for k in FIGURES.values() if k.scope == scope), key=lambda k: k.order)
 
 
-def colours(labels: Sequence[str]) -> dict[str, str]:
-    """A fixed colour per variant label."""
-    return {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(sorted(set(labels)))}
-
-
-def save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
-    """Write the figure as PNG and SVG; return both paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{safe_name(name)}.png", out_dir / f"{safe_name(name)}.svg"]
-    for path in paths:  # never outside out_dir, whatever the name was built from
-        if path.resolve().parent != out_dir.resolve():
-            raise ValueError(f"figure {name!r} would be written outside {out_dir}")
-    fig.savefig(paths[0], dpi=110, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None})
-    return paths
-
-
-def _panels(batches: list[int], title: str, width: float = 5.2) -> tuple[Figure, list[Axes]]:
-    fig = Figure(figsize=(width * len(batches), 4.2), layout="constrained")
-    axes = fig.subplots(1, len(batches), squeeze=False)[0]
-    fig.suptitle(title)
-    for ax, b in zip(axes, batches, strict=True):
-        ax.set_title(f"B={b}")
-    return fig, list(axes)
-
-
-def _empty(ax: Axes, what: str = "no measured rows") -> None:
-    ax.text(0.5, 0.5, what, ha="center", va="center", transform=ax.transAxes, color="grey")
-
-
-def _n_axis(ax: Axes, rows: list[Row]) -> None:
-    """Log-2 N axis ticked at the measured N, written out (256, not 2^8)."""
-    ax.set_xscale("log", base=2)
-    ns = sorted({r.nq for r in rows})
-    if ns:
-        ax.set_xticks(ns, [str(n) for n in ns])
-        ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xlabel(N_LABEL)
-
-
-def _log_axes(ax: Axes, ylabel: str, rows: list[Row]) -> None:
-    _n_axis(ax, rows)
-    ax.set_yscale("log")
-    ax.set_ylabel(ylabel)
-    ax.grid(True, which="both", alpha=0.3)
-
-
-def _legend(ax: Axes, outside: bool = False) -> None:
-    """A legend inside the axes, or outside to the right (many variants on a line plot)."""
-    if not ax.get_legend_handles_labels()[0]:
-        return
-    if outside:
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
-    else:
-        ax.legend(fontsize=7, loc="best")
-
-
 @figure("time", order=10)
 def time_figure(view: FigureView) -> Figure:
     """Median time vs N per variant, log-log, IQR of the block times as a band."""
     rows, names, colour = view.rows, view.names, view.colour
     batches = sorted({r.b for r in rows})
-    fig, axes = _panels(batches, f"Median time per call vs N: {view.title()}")
+    fig, axes = panels(batches, f"Median time per call vs N: {view.title()}")
     by = series(rows)
     for ax, b in zip(axes, batches, strict=True):
         mine = {label: rs for (label, bb), rs in by.items() if bb == b}
@@ -173,11 +111,11 @@ def time_figure(view: FigureView) -> Figure:
             q = [quartiles(r) or (r.median_ms, r.median_ms) for r in rs]
             ax.fill_between(ns, [x[0] for x in q], [x[1] for x in q], color=colour[label],
                             alpha=0.25, lw=0)
-        _log_axes(ax, "median time per call (ms); band: IQR of blocks",
+        log_axes(ax, "median time per call (ms); band: IQR of blocks",
                   [r for r in rows if r.b == b])
         if not mine:
-            _empty(ax)
-    _legend(axes[-1], outside=True)
+            empty(ax)
+    legend(axes[-1], outside=True)
     return fig
 
 
@@ -198,7 +136,7 @@ def memory_figure(view: FigureView) -> Figure:
     """Peak MiB vs N per variant, log-log; the analytic model as a thin dashed line; OOM marked."""
     rows, names, colour = view.rows, view.names, view.colour
     batches = sorted({r.b for r in rows})
-    fig, axes = _panels(batches, f"Peak memory vs N: {view.title()}")
+    fig, axes = panels(batches, f"Peak memory vs N: {view.title()}")
     by = series(r for r in rows if peak_mib(r))
     for ax, b in zip(axes, batches, strict=True):
         mine = {label: rs for (label, bb), rs in by.items() if bb == b}
@@ -208,14 +146,14 @@ def memory_figure(view: FigureView) -> Figure:
             model = [(r.nq, expected_mib(r)) for r in rs if expected_mib(r)]
             if model:
                 ax.plot(*zip(*model, strict=True), "--", lw=0.8, color=colour[label])
-        _log_axes(ax, "peak memory above inputs (MiB)", [r for r in rows if r.b == b])
+        log_axes(ax, "peak memory above inputs (MiB)", [r for r in rows if r.b == b])
         _oom_marks(ax, [r for r in rows if r.b == b], colour)
         if not mine:
-            _empty(ax)
+            empty(ax)
     axes[-1].plot([], [], "k--", lw=0.8, label="memory model (expected)")
     axes[-1].plot([], [], "X", color="grey", mec="black", label="OOM (at its expected peak)")
     axes[-1].plot([], [], "x", color="grey", label="skipped: predicted OOM")
-    _legend(axes[-1], outside=True)
+    legend(axes[-1], outside=True)
     return fig
 
 
@@ -273,7 +211,7 @@ def efficiency_figure(view: FigureView) -> Figure:
     """Achieved GFLOP/s as % of the GEMM roof measured in the same run, vs N."""
     rows, names, colour = view.rows, view.names, view.colour
     batches = sorted({r.b for r in rows})
-    fig, axes = _panels(batches, f"Efficiency (% of the measured roof): {view.title()}")
+    fig, axes = panels(batches, f"Efficiency (% of the measured roof): {view.title()}")
     by = series(r for r in rows if r.efficiency is not None)
     roofs = sorted({round(r.roof_gflops) for r in rows if r.roof_gflops})
     for ax, b in zip(axes, batches, strict=True):
@@ -281,12 +219,12 @@ def efficiency_figure(view: FigureView) -> Figure:
         for label, rs in mine.items():
             ax.plot([r.nq for r in rs], [100 * r.efficiency for r in rs], "o-", ms=3,
                     color=colour[label], label=names[label])
-        _n_axis(ax, [r for r in rows if r.b == b])
+        n_axis(ax, [r for r in rows if r.b == b])
         ax.set_ylabel(f"% of roof ({', '.join(map(str, roofs))} GFLOP/s)")
         ax.grid(True, alpha=0.3)
         if not mine:
-            _empty(ax, "no efficiency (no roof or FLOP model)")
-    _legend(axes[-1], outside=True)
+            empty(ax, "no efficiency (no roof or FLOP model)")
+    legend(axes[-1], outside=True)
     return fig
 
 
@@ -319,5 +257,69 @@ def error_figure(view: FigureView) -> Figure:
         ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
         ax.set_ylabel(ylabel)
         ax.grid(True, axis="y", alpha=0.3)
-        _legend(ax) if labels else _empty(ax, "no oracle checks in these rows")
+        legend(ax) if labels else empty(ax, "no oracle checks in these rows")
+    return fig
+
+
+def mask_of(row: Row) -> str:
+    """What a row computes, without its revision: rows of one mask share it, whichever
+    variant computed them (the patterns of variants/patterns.py are described once)."""
+    return str(row.extra.get("definition", "")).split("; revision")[0] or row.variant
+
+
+@figure("masks", scope="run", order=20, title="Each mask: every variant that computes it")
+def masks_figure(view: FigureView) -> Figure | str:
+    """Forward time vs N per mask (one panel per mask and masking), each variant a line."""
+    rows = [r for r in view.rows if r.mode == "fwd" and r.status in MEASURED and r.median_ms]
+    if rows:
+        b, dtype = min(r.b for r in rows), sorted({r.dtype for r in rows})[0]
+        rows = [r for r in rows if r.b == b and r.dtype == dtype]
+    groups: dict[tuple[str, bool], list[Row]] = {}
+    for r in rows:
+        groups.setdefault((mask_of(r), r.causal), []).append(r)
+    groups = {k: rs for k, rs in groups.items() if len({r.label for r in rs}) > 1}
+    if len({mask for mask, _ in groups}) < 2:
+        return ("No per-mask figure: these rows hold fewer than two masks computed by more "
+                "than one variant (the time figures show them).")
+    fig = Figure(figsize=(5.4 * min(3, len(groups)), 4.0 * -(-len(groups) // 3)),
+                 layout="constrained")
+    axes = fig.subplots(-(-len(groups) // 3), min(3, len(groups)), squeeze=False).ravel()
+    fig.suptitle(f"Forward time per call vs N, by mask ({dtype}, B={b})")
+    for ax, ((mask, causal), mine) in zip(axes, sorted(groups.items()), strict=False):
+        for label in sorted({r.label for r in mine}):
+            rs = sorted((r for r in mine if r.label == label), key=lambda r: r.nq)
+            ax.plot([r.nq for r in rs], [r.median_ms for r in rs], "o-", ms=3,
+                    color=view.colour[label], label=view.names[label])
+        log_axes(ax, "median time per call (ms)", mine)
+        ax.set_title(f"{mask[:60]}{'...' if len(mask) > 60 else ''}, "
+                     f"{'causal' if causal else 'full'}", fontsize=8)
+        legend(ax)
+    for ax in axes[len(groups):]:
+        ax.set_visible(False)
+    return fig
+
+
+@figure("compile", scope="run", order=30, title="Compile time beside steady-state time")
+def compile_figure(view: FigureView) -> Figure | str:
+    """Cold and warm-cache compile time of each compiled case beside its steady-state time."""
+    rows = [r for r in view.rows if r.extra.get("compile_s") is not None and r.median_ms]
+    if not rows:
+        return "No compile figure: no compiled cases in these rows (compile=[true] adds them)."
+    rows.sort(key=lambda r: (r.label, r.mode, r.causal, r.b, r.nq))
+    fig = Figure(figsize=(max(7.0, 0.45 * len(rows) + 3), 4.6), layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(len(rows))
+    bars = (("compile, cold (s)", [r.extra["compile_s"] for r in rows], -0.27),
+            ("compile, warm cache (s)", [r.extra.get("compile_warm_s") or np.nan for r in rows],
+             0.0),
+            ("steady-state call (s)", [r.median_ms / 1e3 for r in rows], 0.27))
+    for name, values, shift in bars:
+        ax.bar(x + shift, values, width=0.27, label=name)
+    ax.set_yscale("log")
+    ax.set_xticks(x, [f"{r.label} {r.mode} {'causal' if r.causal else 'full'} N={r.nq}"
+                      for r in rows], rotation=40, ha="right", fontsize=7)
+    ax.set_ylabel("seconds (log)")
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.suptitle("torch.compile: compile time (outside the timed region) and the call it buys")
+    legend(ax)
     return fig

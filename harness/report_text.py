@@ -58,8 +58,8 @@ def legend_names(rows: Sequence[Row]) -> dict[str, str]:
 
 
 def variant_lines(rows: Sequence[Row]) -> list[str]:
-    """A table of every variant label, its full config, what it computes and, where a
-    library picked the kernel, what ran."""
+    """A table of every variant label, its full config, what it computes, where a library
+    picked the kernel what ran, and which pairs its FLOPs count."""
     seen: dict[str, Row] = {}
     for r in rows:
         seen.setdefault(r.label, r)
@@ -68,9 +68,11 @@ def variant_lines(rows: Sequence[Row]) -> list[str]:
         ran = "; ".join(f"{direction}: {' / '.join(ks)}"
                         for direction, ks in kernels_of(rows, label).items())
         body.append([label, _config_text(r.config) or "(none)",
-                     str(r.extra.get("definition", "")), ran])
-    table = md_table(["variant", "config", "computes", "kernel a library picked (ran)"], body)
-    table[1] = "|---|---|---|---|"
+                     str(r.extra.get("definition", "")), ran,
+                     str(r.extra.get("flops_convention", "(not recorded)"))])
+    table = md_table(["variant", "config", "computes", "kernel a library picked (ran)",
+                      "FLOPs count"], body)
+    table[1] = "|---|---|---|---|---|"
     return ["## Variants", "", *table]
 
 

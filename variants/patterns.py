@@ -124,9 +124,16 @@ def score_mod(spec: MaskSpec) -> ScoreMod | None:
     return None
 
 
+def window_description(w: int) -> str:
+    """The sliding window in words: the same text for every variant that computes it (sparse,
+    flex, masked), so reports group them as one mask."""
+    return f"sliding window |i-j|<={w} (causal: i-{w}<=j<=i), diagonal included"
+
+
 def describe(spec: MaskSpec) -> str:
     """The pattern in words (for a variant's definition)."""
-    what = {"full": "no mask", "window": f"window {spec.window}",
-            "document": f"{spec.documents} packed documents",
-            "prefix_lm": f"prefix-LM, prefix {spec.prefix}"}[spec.pattern]
+    what = {"full": "no mask", "window": window_description(spec.window),
+            "document": f"{spec.documents} packed documents (block-diagonal)",
+            "prefix_lm": f"prefix-LM: every query sees the first {spec.prefix} keys, the "
+                         "rest causally"}[spec.pattern]
     return what

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from variants import memory_models
+from variants import memory_models, patterns
 from variants.contract import SparseSoftmax, Supports, always_available, default_scale
 
 NAME = "sparse"
@@ -154,7 +154,7 @@ def computes(cfg: Config) -> SparseSoftmax:
     """Softmax over the window or BigBird pattern of ``cfg``."""
     if cfg.pattern == "window":
         w = cfg.window
-        text = f"sliding window |i-j|<={w} (causal: i-{w}<=j<=i), diagonal included"
+        text = patterns.window_description(w)
         return SparseSoftmax(keep=functools.partial(window_keep, window=w), description=text,
                              kept=functools.partial(window_kept, window=w))
     text = (f"BigBird blocks of {cfg.block}: local +-1 block, {cfg.num_global_blocks} global, "
