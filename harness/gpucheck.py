@@ -30,7 +30,7 @@ from pathlib import Path
 from harness.gpu_pack import Artifact, Limits, check_out, clean_log, pack, tar_figures
 from harness.gpu_wheels import PYTHON, WHEELS_DIR, WHEELS_LIST, check_wheels, read_required
 from harness.store import MANIFEST, ROWS, read_rows
-from harness.vocab import BUDGET_PREFIX
+from harness.vocab import BUDGET_PREFIX, MEASURED, Status
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 2**20
@@ -279,13 +279,13 @@ def sweep_table(run: Path) -> str:
     counts: dict[str, int] = {}
     cells: dict[tuple, dict[int, str]] = {}
     for r in rows:
-        budget = r.status == "skipped" and (r.reason or "").startswith(BUDGET_PREFIX)
+        budget = r.status == Status.SKIPPED and (r.reason or "").startswith(BUDGET_PREFIX)
         status = "skipped (budget)" if budget else r.status
         counts[status] = counts.get(status, 0) + 1
         key = (r.label, r.dtype, r.mode, "causal" if r.causal else "full", r.b)
-        ok = r.status in ("ok", "mismatch") and r.median_ms is not None
+        ok = r.status in MEASURED and r.median_ms is not None
         text = f"{r.median_ms:.3g}" if ok else ("BUDGET" if budget else r.status.upper())
-        cells.setdefault(key, {})[r.nq] = text + ("!" if r.status == "mismatch" else "")
+        cells.setdefault(key, {})[r.nq] = text + ("!" if r.status == Status.MISMATCH else "")
     ns = sorted({n for c in cells.values() for n in c})
     lines = [f"{len(rows)} rows: " + ", ".join(f"{n} {s}" for s, n in counts.items()), "",
              "| variant | dtype | mode | mask | B | " + " | ".join(f"N={n}" for n in ns) + " |",
