@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 
 class Status(StrEnum):
@@ -49,21 +49,6 @@ IDENTITY: tuple[str, ...] = (
 )
 
 
-class CaseLike(Protocol):
-    """Anything that carries a case's identity: a Case, a Row."""
-
-    label: str
-    device: str
-    dtype: str
-    mode: str
-    causal: bool
-    b: int
-    h: int
-    nq: int
-    nk: int
-    d: int
-
-
 def case_key(case: Any) -> str:
     """A case's stable identity as compact JSON of the IDENTITY fields, sorted."""
     parts = {name: getattr(case, name) for name in IDENTITY}
@@ -73,8 +58,9 @@ def case_key(case: Any) -> str:
 Style = Literal["text", "id", "setting"]
 
 
-def describe(case: CaseLike, style: Style = "text") -> str:
-    """A case in words, one way for the whole project.
+def describe(case: Any, style: Style = "text") -> str:
+    """A case (a Case, a Row: anything with the IDENTITY fields and a label) in words, one
+    way for the whole project.
 
     ``text``: ``sdpa cpu fp32 fwd causal B=1 H=4 N=128 D=64`` (sweep, compare, ab);
     ``id``: ``sdpa[fp32-fwd-causal-B1-H4-N128-D64]`` (a pytest-benchmark name: stable across
