@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.specs import VariantSpec
-from harness.vocab import MODES, case_key
+from harness.vocab import MODES, case_key, compiled_label
 from variants.contract import Shape
 
 
@@ -25,6 +25,7 @@ class Case:
     nq: int
     nk: int
     d: int
+    compile: bool = False  # run the variant through torch.compile (Supports.compile)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -50,8 +51,9 @@ class Case:
 
     @property
     def label(self) -> str:
-        """The spec as written (``sdpa@flash``): what tables and legends show."""
-        return self.spec.label
+        """The spec as written (``sdpa@flash``), ``+compile`` when compiled: what tables and
+        legends show."""
+        return compiled_label(self.spec.label, self.compile)
 
     @property
     def config(self) -> dict[str, Any]:

@@ -66,6 +66,7 @@ class MeasureConf:
     dtypes: list[str] = field(default_factory=lambda: ["fp32"])
     modes: list[str] = field(default_factory=lambda: ["fwd"])
     causal: list[bool] = field(default_factory=lambda: [False])
+    compile: list[bool] = field(default_factory=lambda: [False])  # true: through torch.compile
     batch_sizes: list[int] = field(default_factory=lambda: [1])
     heads: int = 8
     head_dim: int = 64
@@ -84,6 +85,7 @@ class MeasureConf:
         check_dtypes(self.dtypes, GRID_DTYPES)
         choices("modes", self.modes, MODES)
         choices("causal", self.causal, (False, True))
+        choices("compile", self.compile, (False, True))
         for name in ("batch_sizes", "seq_lens"):
             positive_ints(name, getattr(self, name))
         for name in ("heads", "head_dim"):
@@ -151,6 +153,7 @@ class GridSettings:
     dtypes: tuple[str, ...]
     modes: tuple[str, ...]
     causal: tuple[bool, ...]
+    compile: tuple[bool, ...]  # eager (False) and/or through torch.compile (True)
     batch_sizes: tuple[int, ...]
     heads: int
     head_dim: int
@@ -304,6 +307,7 @@ def grid_settings(conf: MeasureConf) -> GridSettings:
         dtypes=tuple(conf.dtypes),
         modes=tuple(dict.fromkeys(conf.modes)),
         causal=tuple(dict.fromkeys(conf.causal)),
+        compile=tuple(dict.fromkeys(conf.compile)),
         batch_sizes=tuple(conf.batch_sizes),
         heads=conf.heads,
         head_dim=conf.head_dim,

@@ -24,10 +24,12 @@ TABLE_COLUMNS = {
 
 
 def cases(s: GridSettings) -> Iterator[Case]:
-    """Every combination of the grid's axes, variants outermost."""
-    axes = itertools.product(s.specs, s.dtypes, s.modes, s.causal, s.batch_sizes, s.seq_lens)
-    for spec, dtype, mode, causal, b, n in axes:
-        yield Case(spec, s.device, dtype, mode, causal, b, s.heads, n, n, s.head_dim)
+    """Every combination of the grid's axes, variants outermost, eager before compiled."""
+    axes = itertools.product(s.specs, s.compile, s.dtypes, s.modes, s.causal, s.batch_sizes,
+                             s.seq_lens)
+    for spec, compiled, dtype, mode, causal, b, n in axes:
+        yield Case(spec, s.device, dtype, mode, causal, b, s.heads, n, n, s.head_dim,
+                   compile=compiled)
 
 
 def measure_grid(s: GridSettings, progress: TextIO = sys.stderr) -> list[Row]:

@@ -1,8 +1,10 @@
 """``measure(case) -> Row``: time, memory, FLOPs against the measured roof, and agreement.
 
-Order per case: availability; the oracle at the case's shape (or a smaller one when the
-float64 reference would be too big, named in ``check_shape``); timing with inputs created
-beforehand; then peak memory in a separate pass (the profiler slows what it watches).
+Order per case: availability; for a compiled case (``compile=true``) the compile itself,
+cold and with warm caches, and one profiled call saying what ran; the oracle at the case's
+shape (or a smaller one when the float64 reference would be too big, named in
+``check_shape``); timing with inputs created beforehand; then peak memory in a separate pass
+(the profiler slows what it watches).
 Failures we mean to record become rows: ``unavailable`` (the variant's reason, or
 ``Unavailable`` raised for these inputs), ``oom`` (CUDA or CPU allocator out of memory) and
 ``error`` (any other exception from the variant, with the last traceback lines). A case whose
@@ -22,14 +24,15 @@ from typing import Any
 import torch
 
 from harness.cases import Case
+from harness.compiled import CompiledVariant, compile_settings, compile_timings, compiled_variant
 from harness.config import MeasureSettings
 from harness.flops import current_roof, flops_convention, mode_flops
 from harness.memory import MIB, peak_bytes
 from harness.oracle import Agreement, Shape, check_agreement, make_inputs
 from harness.rows import Row
-from harness.timing import cuda_time, l2_flusher, time_callable, timed_callable
+from harness.timing import Attention, cuda_time, l2_flusher, time_callable, timed_callable
 from harness.vocab import Status
-from variants.contract import DTYPES, Unavailable
+from variants.contract import DTYPES, Unavailable, Variant
 
 MEMORY_DEVICES = ("cpu", "cuda")  # where harness/memory.py can measure peaks
 CPU_OOM_MARKERS = ("DefaultCPUAllocator: can't allocate memory", "not enough memory")
@@ -59,7 +62,8 @@ def base_row(case: Case) -> Row:
     return Row(
         key=case.key(), variant=case.variant, label=case.label, config=case.config,
         device=case.device, dtype=case.dtype, mode=case.mode, causal=case.causal,
-        b=case.b, h=case.h, nq=case.nq, nk=case.nk, d=case.d, status=Status.OK,
+        b=case.b, h=case.h, nq=case.nq, nk=case.nk, d=case.d, compile=case.compile,
+        status=Status.OK,
         extra={"definition": case.spec.variant.definition(case.spec.cfg),
                "config_diff": {k: v for k, v in case.config.items() if defaults.get(k) != v},
                "flops_convention": flops_convention(case.spec.variant.computes(case.spec.cfg),
@@ -76,13 +80,13 @@ def _agreement_fields(agreement: Agreement, shape: Shape) -> dict[str, Any]:
     }
 
 
-def _check(case: Case, s: MeasureSettings) -> dict[str, Any]:
-    """Run the oracle for the case (gradients too when the mode has a backward)."""
-    variant = case.spec.variant
+def _check(case: Case, s: MeasureSettings, variant: Variant | CompiledVariant) -> dict[str, Any]:
+    """Run the oracle on what the case runs (gradients too when the mode has a backward)."""
     shape = check_shape(case, s.check_max_scores)
     agreement = check_agreement(
         variant, case.spec.cfg, shape, device=case.device, dtype=DTYPES[case.dtype],
-        causal=case.causal, backward=case.backward and variant.supports.backward, seed=s.seed,
+        causal=case.causal, backward=case.backward and case.spec.variant.supports.backward,
+        seed=s.seed,
     )
     return _agreement_fields(agreement, shape)
 
@@ -91,9 +95,9 @@ class WrongOutput(RuntimeError):
     """A variant returned something other than a (B, H, Nq, Dv) tensor of the input dtype."""
 
 
-def _attention_fn(case: Case) -> Any:
+def _attention_fn(case: Case, variant: Variant | CompiledVariant) -> Attention:
     """The variant's attention, its output's shape and dtype checked on every call."""
-    variant, cfg, causal = case.spec.variant, case.spec.cfg, case.causal
+    cfg, causal = case.spec.cfg, case.causal
 
     def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         out = variant.attention(q, k, v, causal=causal, scale=None, cfg=cfg)
@@ -101,16 +105,16 @@ def _attention_fn(case: Case) -> Any:
         if not isinstance(out, torch.Tensor) or out.shape != want or out.dtype != q.dtype:
             got = (f"{tuple(out.shape)} {out.dtype}" if isinstance(out, torch.Tensor)
                    else type(out).__name__)
-            raise WrongOutput(f"{case.spec.label} returned {got}; expected {want} {q.dtype}")
+            raise WrongOutput(f"{case.label} returned {got}; expected {want} {q.dtype}")
         return out
     return attention
 
 
-def _time(case: Case, s: MeasureSettings, threads: int) -> dict[str, Any]:
+def _time(case: Case, s: MeasureSettings, threads: int, fn: Attention) -> dict[str, Any]:
     """Time the case's mode; inputs are made before the timed callable exists."""
     q, k, v, dout = make_inputs(case.shape, dtype=DTYPES[case.dtype], device=case.device,
                                 seed=s.seed)
-    run = timed_callable(_attention_fn(case), q, k, v, dout, case.mode)
+    run = timed_callable(fn, q, k, v, dout, case.mode)
     # one untimed call first: a cold first call (lazy init, allocator growth) would otherwise
     # set blocked_autorange's block size, and with it which regime the blocks measure
     if case.device.startswith("cuda"):
@@ -129,11 +133,11 @@ def _time(case: Case, s: MeasureSettings, threads: int) -> dict[str, Any]:
     }
 
 
-def _peaks(case: Case, s: MeasureSettings) -> dict[str, Any]:
+def _peaks(case: Case, s: MeasureSettings, fn: Attention) -> dict[str, Any]:
     """Peak MiB of the forward, and of forward+backward when the mode has a backward."""
     q, k, v, dout = make_inputs(case.shape, dtype=DTYPES[case.dtype], device=case.device,
                                 seed=s.seed)
-    fn, result = _attention_fn(case), {}
+    result = {}
     phases = [("fwd", "peak_fwd_mib")] + ([("fwd+bwd", "peak_fwd_bwd_mib")] * case.backward)
     for mode, name in phases:
         run = timed_callable(fn, q, k, v, dout, mode)
@@ -185,18 +189,22 @@ def _failure(row: Row, exc: BaseException) -> Row:
 def _measure(case: Case, s: MeasureSettings, row: Row) -> Row:
     """Every measurement of an available case, in order (exceptions go to the caller)."""
     threads = s.threads or torch.get_num_threads()
+    variant = compiled_variant(case) if case.compile else case.spec.variant
+    fn = _attention_fn(case, variant)
     kernels = case.spec.variant.dispatched(
         case.shape, device=case.device, dtype=DTYPES[case.dtype], causal=case.causal,
         backward=case.backward, cfg=case.spec.cfg)
     if kernels:  # what the library picked for these inputs: the row says what ran
         row = replace(row, extra={**row.extra, "kernel": kernels})
+    if case.compile:  # first: the oracle's calls would otherwise pay (part of) the compile
+        row = replace(row, extra={**row.extra, **compile_timings(case, s, fn)})
     if s.check:
-        row = replace(row, **_check(case, s))
-    timed = _time(case, s, threads)
+        row = replace(row, **_check(case, s, variant))
+    timed = _time(case, s, threads, fn)
     timer = timed.pop("timer")
     row = replace(row, **timed, extra={**row.extra, "timer": timer})
     if s.memory and case.device.split(":")[0] in MEMORY_DEVICES:
-        row = replace(row, **_peaks(case, s))
+        row = replace(row, **_peaks(case, s, fn))
     elif s.memory:
         row = replace(row, extra={**row.extra, "memory": f"not measured on {case.device}"})
     row = replace(row, **_model(case, row))
@@ -205,17 +213,28 @@ def _measure(case: Case, s: MeasureSettings, row: Row) -> Row:
     return replace(row, status=Status.MISMATCH if row.check_ok is False else Status.OK)
 
 
+def unavailable_reason(case: Case) -> str | None:
+    """Why the case cannot run here (the variant's SUPPORTS and its own reason), or None."""
+    variant = case.spec.variant
+    if case.compile and not variant.supports.compile:
+        return (f"{variant.name} has no compiled mode: compile=true applies to variants "
+                f"written in plain PyTorch ops (Supports.compile), not to a library's kernel "
+                f"or a variant that compiles itself")
+    return variant.unavailable_reason(case.device, DTYPES[case.dtype], causal=case.causal,
+                                      backward=case.backward, cfg=case.spec.cfg)
+
+
 def measure(case: Case, settings: MeasureSettings | None = None) -> Row:
     """Measure one case into one row; the variant's failures become the row's status."""
     s, start = settings or MeasureSettings(), time.perf_counter()
     row = base_row(case)
     try:
-        reason = case.spec.variant.unavailable_reason(
-            case.device, DTYPES[case.dtype], causal=case.causal, backward=case.backward,
-            cfg=case.spec.cfg,
-        )
-        row = replace(row, status=Status.UNAVAILABLE, reason=reason) if reason else _measure(
-            case, s, row)
+        reason = unavailable_reason(case)
+        if reason:
+            row = replace(row, status=Status.UNAVAILABLE, reason=reason)
+        else:
+            with compile_settings(case):
+                row = _measure(case, s, row)
     except Exception as exc:  # anything the variant raised is recorded, traceback tail too
         row = _failure(row, exc)
     return replace(row, wall_s=time.perf_counter() - start)

@@ -32,6 +32,7 @@ class Row:
     nk: int
     d: int
     status: str  # a harness.vocab.Status
+    compile: bool = False  # identity, added after schema 1: run through torch.compile
     reason: str = ""
     schema: int = SCHEMA_VERSION
     # time

@@ -46,8 +46,7 @@ from variants.contract import DTYPES
 def frontier_key(case_or_row: Case | Row) -> tuple[Any, ...]:
     """The axes an OOM frontier is shared along: everything but the sequence length."""
     c = case_or_row
-    label = c.spec.label if isinstance(c, Case) else c.label
-    return (label, c.device, c.dtype, c.mode, c.causal, c.b, c.h, c.d)
+    return (c.label, c.device, c.dtype, c.mode, c.causal, c.b, c.h, c.d)
 
 
 def free_bytes(device: str) -> int:
@@ -77,7 +76,7 @@ def skip_reason(case: Case, frontier: dict[tuple[Any, ...], int], s: SweepSettin
     """Why the case is skipped without running, or None to run it."""
     oom_n = frontier.get(frontier_key(case))
     if oom_n is not None and case.nq > oom_n:
-        return f"skipped: {case.spec.label} ran out of memory at N={oom_n} (same other axes)"
+        return f"skipped: {case.label} ran out of memory at N={oom_n} (same other axes)"
     predicted = predicted_bytes(case)
     if not s.force and predicted is not None and predicted > s.memory_margin * free:
         return (f"predicted OOM: the memory model needs {predicted / MIB:.0f} MiB, "

@@ -8,6 +8,7 @@ Sweep, check, compare, interop and report all import these; nothing here imports
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -42,17 +43,35 @@ BUDGET_PREFIX = "budget: "
 #: what is timed: the forward call, the backward call alone, or both
 MODES: tuple[str, ...] = ("fwd", "bwd", "fwd+bwd")
 
-#: the fields that identify a case across runs, in the order a key lists them; ``label``
-#: (the spec as written) is not among them: ``sdpa`` and ``sdpa:backend=auto`` are one case
+#: the fields that identify a case across runs (those of row schema 1); ``label`` (the spec
+#: as written) is not among them: ``sdpa`` and ``sdpa:backend=auto`` are one case
 IDENTITY: tuple[str, ...] = (
     "variant", "config", "device", "dtype", "mode", "causal", "b", "h", "nq", "nk", "d",
 )
+#: identity fields added after schema 1, with their defaults. The rule: such a field joins
+#: the key only when it is not at its default, so every case measured before the field
+#: existed (all at the default) keeps its key, and old run directories and baselines match
+LATER_IDENTITY: Mapping[str, Any] = {
+    "compile": False,  # run through torch.compile (harness/measure.py)
+}
+
+#: what a compiled case's label ends with (``naive+compile``): tables, legends and compare,
+#: which go by label, keep eager and compiled apart
+COMPILE_SUFFIX = "+compile"
 
 
 def case_key(case: Any) -> str:
-    """A case's stable identity as compact JSON of the IDENTITY fields, sorted."""
+    """A case's stable identity as compact JSON, sorted: the IDENTITY fields, then each
+    LATER_IDENTITY field that is not at its default."""
     parts = {name: getattr(case, name) for name in IDENTITY}
+    later = {name: getattr(case, name) for name in LATER_IDENTITY}
+    parts.update({k: v for k, v in later.items() if v != LATER_IDENTITY[k]})
     return json.dumps(parts, sort_keys=True, separators=(",", ":"))
+
+
+def compiled_label(label: str, compiled: bool) -> str:
+    """The label a case is shown under: the spec as written, ``+compile`` when compiled."""
+    return label + COMPILE_SUFFIX if compiled else label
 
 
 Style = Literal["text", "id", "setting"]

@@ -33,7 +33,7 @@ class Request:
     module: str
     label: str
     config: dict[str, Any]
-    fields: dict[str, Any]  # device, dtype, mode, causal, b, h, nq, nk, d
+    fields: dict[str, Any]  # device, dtype, mode, causal, b, h, nq, nk, d, compile
     settings: MeasureSettings
 
 

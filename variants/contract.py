@@ -85,12 +85,16 @@ class Shape:
 
 @dataclass(frozen=True)
 class Supports:
-    """What a variant can run: devices, dtypes, causal masking and backward."""
+    """What a variant can run: devices, dtypes, causal masking, backward, and whether its
+    ``attention`` is measured through ``torch.compile`` too (``compile=[true]``): True for
+    variants written in plain PyTorch ops; False for a library's kernel (sdpa, xformers) or a
+    variant that compiles itself."""
 
     devices: frozenset[str] = ALL_DEVICES
     dtypes: frozenset[torch.dtype] = ALL_DTYPES
     causal: bool = True
     backward: bool = True
+    compile: bool = False
 
 
 #: score(s, h, q_idx, kv_idx, heads) -> s: a FlexAttention score_mod given the head count

@@ -55,7 +55,7 @@ class Config:
 
 
 PRESETS: dict[str, Config] = {"small_tiles": Config(block_q=128, block_k=128)}
-SUPPORTS = Supports()  # every device and dtype, causal and backward
+SUPPORTS = Supports(compile=True)  # every device and dtype, causal, backward, compile
 
 
 def computes(cfg: Config) -> SoftmaxAttention:

@@ -30,7 +30,7 @@ class Config:
 
 
 PRESETS: dict[str, Config] = {}
-SUPPORTS = Supports()  # every device and dtype, causal and backward
+SUPPORTS = Supports(compile=True)  # every device and dtype, causal, backward, compile
 
 
 def computes(cfg: Config) -> SoftmaxAttention:

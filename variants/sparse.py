@@ -80,7 +80,7 @@ class Config:
 
 
 PRESETS: dict[str, Config] = {name: Config(pattern=name) for name in PATTERNS}
-SUPPORTS = Supports()  # every device and dtype, causal and backward
+SUPPORTS = Supports(compile=True)  # every device and dtype, causal, backward, compile
 
 
 # ---------------------------------------------------------------- patterns (dense, for the oracle)
