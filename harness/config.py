@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 import variants as registry
+from harness.allocator import ALLOCATORS, allocator_env
 from harness.specs import SpecError, VariantSpec, dedupe, default_specs, parse_spec, spec_name
 from harness.vocab import MODES
 from variants.contract import DEVICES, DTYPES, ContractError
@@ -79,9 +80,11 @@ class MeasureConf:
     l2_flush: bool = MeasureSettings.l2_flush
     seed: int = MeasureSettings.seed
     timeout_s: float = TIMEOUT_S  # per case (oracle, timing and memory pass together)
+    allocator: str = "default"  # the worker's: default | tuned | jemalloc | tcmalloc
 
     def __post_init__(self) -> None:
         device_name(self.device)
+        choices("allocator", [self.allocator], ALLOCATORS)
         check_dtypes(self.dtypes, GRID_DTYPES)
         choices("modes", self.modes, MODES)
         choices("causal", self.causal, (False, True))
@@ -160,6 +163,7 @@ class GridSettings:
     seq_lens: tuple[int, ...]
     measure: MeasureSettings
     timeout_s: float
+    worker_env: dict[str, str]  # the allocator's environment for the supervised workers
 
 
 @dataclass(frozen=True)
@@ -314,7 +318,16 @@ def grid_settings(conf: MeasureConf) -> GridSettings:
         seq_lens=tuple(conf.seq_lens),
         measure=conf.measure_settings(),
         timeout_s=conf.timeout_s,
+        worker_env=_allocator_env(conf.allocator),
     )
+
+
+def _allocator_env(name: str) -> dict[str, str]:
+    """The worker environment of an allocator the system has (else a ConfigError)."""
+    try:
+        return allocator_env(name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def sweep_settings(conf: SweepConf) -> SweepSettings:

@@ -38,7 +38,7 @@ def measure_grid(s: GridSettings, progress: TextIO = sys.stderr) -> list[Row]:
     from harness.worker import Supervisor
 
     rows = []
-    with Supervisor(timeout_s=s.timeout_s) as sup:
+    with Supervisor(timeout_s=s.timeout_s, env=s.worker_env) as sup:
         for case in cases(s):
             rows.append(sup.run(case, s.measure))
             print(f"{describe(case)}: {rows[-1].status}", file=progress, flush=True)

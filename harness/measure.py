@@ -16,13 +16,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import resource
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import torch
 
+from harness.allocator import in_effect
 from harness.cases import Case
 from harness.compiled import CompiledVariant, compile_settings, compile_timings, compiled_variant
 from harness.config import MeasureSettings
@@ -122,15 +125,35 @@ def _time(case: Case, s: MeasureSettings, threads: int, fn: Attention) -> dict[s
         t = cuda_time(run, min_run_time=s.min_run_time, min_samples=s.min_samples,
                       flush=flush)
         timer = "cuda events" + (", L2 flushed between calls" if flush else "")
+        faults = None
     else:
-        t = time_callable(run, min_run_time=s.min_run_time, threads=threads, warmup=1,
+        run()  # the untimed first call; faults are counted over every call after it
+        counted, calls = counting(run)
+        before = minor_faults()
+        t = time_callable(counted, min_run_time=s.min_run_time, threads=threads,
                           min_samples=s.min_samples)
+        faults = (minor_faults() - before) / calls[0]
         timer = "torch.utils.benchmark blocked_autorange"
     return {
         "threads": threads, "times_ms": tuple(x * 1e3 for x in t.times_s),
         "median_ms": t.median_s * 1e3, "iqr_ms": t.iqr_s * 1e3, "samples": t.samples,
-        "number_per_run": t.number_per_run, "timer": timer,
+        "number_per_run": t.number_per_run, "timer": timer, "minor_faults_per_call": faults,
     }
+
+
+def minor_faults() -> int:
+    """Minor page faults of this process so far (fresh pages the kernel mapped)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def counting(run: Callable[[], object]) -> tuple[Callable[[], object], list[int]]:
+    """``run`` wrapped to count its calls (blocked_autorange's calibration calls included)."""
+    calls = [0]
+
+    def counted() -> object:
+        calls[0] += 1
+        return run()
+    return counted, calls
 
 
 def _peaks(case: Case, s: MeasureSettings, fn: Attention) -> dict[str, Any]:
@@ -202,7 +225,7 @@ def _measure(case: Case, s: MeasureSettings, row: Row) -> Row:
         row = replace(row, **_check(case, s, variant))
     timed = _time(case, s, threads, fn)
     timer = timed.pop("timer")
-    row = replace(row, **timed, extra={**row.extra, "timer": timer})
+    row = replace(row, **timed, extra={**row.extra, "timer": timer, "allocator": in_effect()})
     if s.memory and case.device.split(":")[0] in MEMORY_DEVICES:
         row = replace(row, **_peaks(case, s, fn))
     elif s.memory:

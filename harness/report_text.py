@@ -152,3 +152,28 @@ def scaling_lines(table: Sequence[Scaling], exact: Sequence[str]) -> list[str]:
             "top-3 column). Crossover: the N from which a sub-quadratic variant stays faster "
             "than the exact one, interpolated on log-log axes between measured N.", "",
             *table_lines]
+
+
+#: minor page faults per call above which a row's time includes mapping fresh memory
+#: (1024 faults: 4 MiB of 4 KiB pages a call)
+FAULTS_SHOWN = 1024
+
+
+def fault_lines(rows: Sequence[Row]) -> list[str]:
+    """Rows whose calls map fresh pages: the page faults that explain a jump in time."""
+    heavy = sorted((r for r in rows if (r.minor_faults_per_call or 0) > FAULTS_SHOWN),
+                   key=lambda r: (r.label, r.dtype, r.mode, r.causal, r.b, r.nq))
+    if not heavy:
+        return []
+    body = [[r.label, f"{r.dtype} {r.mode} {'causal' if r.causal else 'full'}", str(r.b),
+             str(r.nq), f"{r.minor_faults_per_call:.0f}",
+             f"{r.minor_faults_per_call * 4096 / 2**20:.0f}", f"{r.median_ms:.3g}"]
+            for r in heavy]
+    table = md_table(["variant", "case", "B", "N", "minor faults per call",
+                      "MiB of fresh pages per call", "median ms"], body)
+    return ["## Page faults", "",
+            f"Rows whose every call maps more than {FAULTS_SHOWN} fresh pages (4 KiB each): "
+            "glibc returns freed blocks of 32 MiB and more to the OS, so a call that allocates "
+            "them page-faults again each time; a time that jumps between two N usually jumps "
+            "here too. (`allocator=tuned` keeps freed memory for reuse; the default is what a "
+            "user's program gets.)", "", *table]

@@ -42,6 +42,9 @@ class Row:
     iqr_ms: float | None = None
     samples: int = 0
     number_per_run: int = 0
+    # minor page faults per timed call (CPU): fresh pages mapped, e.g. when glibc returned
+    # blocks of >= 32 MiB to the OS and each call maps them again
+    minor_faults_per_call: float | None = None
     # throughput
     flops: int | None = None
     gflops: float | None = None

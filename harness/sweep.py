@@ -217,7 +217,7 @@ def _run_cases(todo: list[Case], s: SweepSettings, store: RunStore,
     """Supervise the remaining cases, appending each row as soon as it exists; measure the
     roof before the first and after the last (in a paced run, within this side's turn)."""
     started = time.monotonic()
-    with Supervisor(timeout_s=s.grid.timeout_s) as sup, tqdm(
+    with Supervisor(timeout_s=s.grid.timeout_s, env=s.grid.worker_env) as sup, tqdm(
         total=len(todo), unit="case", file=sys.stderr, dynamic_ncols=True
     ) as bar:
         for i, case in enumerate(todo):

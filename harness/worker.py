@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import multiprocessing as mp
+import os
 import signal
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from typing import Any
@@ -101,11 +103,27 @@ def _death(exitcode: int | None) -> str:
     return f"the worker exited with code {exitcode}"
 
 
+@contextlib.contextmanager
+def _environment(env: Mapping[str, str]) -> Iterator[None]:
+    """os.environ with ``env`` set, restored afterwards."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 class Supervisor:
     """Runs cases in a reusable worker process with a per-case timeout."""
 
-    def __init__(self, timeout_s: float) -> None:
+    def __init__(self, timeout_s: float, env: Mapping[str, str] | None = None) -> None:
         self.timeout_s = timeout_s
+        self.env = dict(env or {})  # set in the worker's environment (an allocator, say)
         self._ctx = mp.get_context("spawn")
         self._proc: Any = None
         self._conn: Connection | None = None
@@ -115,7 +133,8 @@ class Supervisor:
         if self._proc is None or not self._proc.is_alive():
             parent, child = self._ctx.Pipe()
             self._proc = self._ctx.Process(target=_serve, args=(child,), daemon=True)
-            self._proc.start()
+            with _environment(self.env):  # a spawned child copies os.environ at start
+                self._proc.start()
             child.close()
             self._conn, self.started = parent, self.started + 1
         return self._conn
