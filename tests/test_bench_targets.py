@@ -18,7 +18,8 @@ def _write(tmp_path: Path, meds: dict[str, float]) -> Path:
 
 GOOD = {"sdpa-4096": 0.10, "memory_efficient-4096": 0.19, "linear-4096": 0.01,
         "linear-16384": 0.045, "sparse@window-4096": 0.02, "sparse@window-16384": 0.08,
-        "sdpa-16384": 1.6}
+        "sdpa-16384": 1.6, "linear-fwd+bwd-B4-4096": 0.2, "linear-fwd+bwd-B4-8192": 0.4,
+        "linear-fwd+bwd-B1-4096": 0.04, "linear-fwd+bwd-B1-16384": 0.17}
 
 
 def test_targets_pass_and_fail(tmp_path: Path) -> None:
@@ -29,3 +30,10 @@ def test_targets_pass_and_fail(tmp_path: Path) -> None:
     failed = [t.numerator for t, _, ok in rows if not ok]
     assert failed == ["memory_efficient-4096"]
     assert targets.main([str(_write(tmp_path, slow))]) == 1
+
+
+def test_a_target_whose_cases_did_not_run_fails(tmp_path: Path) -> None:
+    """A renamed or missing case cannot hide a target: main() exits 1 and names it."""
+    partial = {k: v for k, v in GOOD.items() if not k.startswith("linear-fwd+bwd-B1")}
+    assert [t.numerator for t in targets.missing(partial)] == ["linear-fwd+bwd-B1-16384"]
+    assert targets.main([str(_write(tmp_path, partial))]) == 1

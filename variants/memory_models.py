@@ -81,19 +81,18 @@ def streaming(m: Dims, *, backward: bool, workspace: int = 0) -> int:
 
 
 def linear_form(m: Dims, *, causal: bool, chunk: int, backward: bool, block: int) -> int:
-    """Linear attention: feature maps, (D, D) states, and (C, C) blocks per chunk if causal;
-    non-causal works in row blocks of ``block`` values: only the output is N-sized."""
-    rows = m.q_rows + m.k_rows + (m.k_rows if m.c > m.e else 0)  # phi(q), phi(k), upcast v
-    states = m.b * m.h * m.d * m.d
-    if causal:
-        c = min(chunk, max(m.nq, m.nk))
-        length = -(-max(m.nq, m.nk) // c) * c
-        padded = m.b * m.h * length * m.d
-        blocks = m.b * m.h * length * c
-        fwd = (rows + 3 * padded) * m.c + 2 * blocks * m.c + 2 * (length // c) * states * m.c
-    else:  # a few block temporaries; blocks are written straight into the output
-        fwd = 4 * min(block, m.q_rows) * m.c
-        if backward:  # autograd keeps every block's features and outputs until joined
-            fwd += (rows + m.q_rows) * m.c
-    fwd += m.q_rows * m.e  # the output
-    return fwd + (m.q_rows + 2 * m.k_rows) * m.e if backward else fwd
+    """Linear attention in row blocks of about ``block`` values: the output (and dq, dk, dv)
+    are its only N-sized tensors, besides a few (B, H, rows, D) block temporaries and, if
+    causal, (B, H, rows, C) masked chunk products. Low precision blocks are upcast first."""
+    out = m.q_rows * m.e
+    grads = (m.q_rows + 2 * m.k_rows) * m.e if backward else 0
+    if causal:  # blocks of whole chunks: C = min(chunk, Nq), rows = queries left if fewer
+        c = max(1, min(chunk, m.nq))
+        rows = min(max(1, block // max(1, m.b * m.h * m.d) // c) * c, -(-m.nq // c) * c)
+        u, p = m.b * m.h * rows * m.d * m.c, m.b * m.h * rows * c * m.c
+        return out + grads + (10 * u + 2 * p if backward else 5 * u + p)
+    up = 1 if m.c > m.e else 0
+    qb, kb = (min(block, n) * m.c for n in (m.q_rows, m.k_rows))
+    if backward:  # queries' pass, then keys' pass
+        return out + grads + max((3 + up) * qb, 3 * kb)
+    return max((1 + up) * kb, out + 2 * qb)  # states from the keys, then the output

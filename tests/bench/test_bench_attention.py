@@ -1,6 +1,8 @@
-"""pytest-benchmark benchmarks behind the issue's speed targets (CPU, fp32, forward).
+"""pytest-benchmark benchmarks behind the issue's speed targets (CPU, fp32).
 
-B=1, H=8, D=64, torch's default thread count, forward under ``torch.inference_mode``.
+H=8, D=64, torch's default thread count. ``test_forward``: B=1, forward under
+``torch.inference_mode``. ``test_linear_forward_backward``: linear attention's fwd+bwd
+(``torch.autograd.grad`` over q, k, v with a given dout) at B=4 and B=1, for its scaling in N.
 The default test run executes each once as a smoke test (``--benchmark-disable``);
 ``make bench`` times them for real and ``tests/bench/targets.py`` checks the ratios.
 """
@@ -48,3 +50,31 @@ def test_forward(benchmark, name: str, preset: str, n: int) -> None:
 
     out = benchmark(forward)
     assert out.shape == (B, H, n, D) and torch.isfinite(out).all()
+
+
+FWD_BWD_CASES = [(4, 4096), (4, 8192), (1, 4096), (1, 16384)]  # (B, N)
+
+
+def fwd_bwd_id(b: int, n: int) -> str:
+    """Benchmark name suffix of a linear fwd+bwd case, e.g. linear-fwd+bwd-B4-8192."""
+    return f"linear-fwd+bwd-B{b}-{n}"
+
+
+@pytest.mark.parametrize(("b", "n"), FWD_BWD_CASES, ids=[fwd_bwd_id(*c) for c in FWD_BWD_CASES])
+def test_linear_forward_backward(benchmark, b: int, n: int) -> None:
+    """Time linear attention's forward and backward; inputs and dout built outside."""
+    variant = variants.get("linear")
+    cfg = variant.config_cls()
+    gen = torch.Generator().manual_seed(0)
+    q, k, v, dout = (torch.randn(b, H, n, D, generator=gen) for _ in range(4))
+    leaves = tuple(t.requires_grad_() for t in (q, k, v))
+    allocator = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
+    benchmark.extra_info.update(variant="linear", mode="fwd+bwd", b=b, n=n,
+                                threads=torch.get_num_threads(), allocator_env=allocator)
+
+    def forward_backward() -> tuple[torch.Tensor, ...]:
+        out = variant.attention(*leaves, causal=False, scale=None, cfg=cfg)
+        return torch.autograd.grad(out, leaves, dout)
+
+    grads = benchmark(forward_backward)
+    assert all(g.shape == (b, H, n, D) and torch.isfinite(g).all() for g in grads)
