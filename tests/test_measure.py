@@ -79,16 +79,22 @@ def test_memory_efficient_at_8192_is_an_eighth_of_naive_model() -> None:
 
 
 def test_same_case_twice_gives_close_medians() -> None:
-    """Two measurements of one case in one process agree within 10% (fastest blocks).
+    """Two measurements of one case in one process agree within 10% (fastest blocks), in at
+    least one of three pairs.
 
     Medians are hostage to this host's bursts (one CI run read 88 against 64 ms for the same
     case); the fastest block of each measurement is what a systematic difference between a
     first and a second measurement would move."""
     settings = MeasureSettings(min_run_time=1.0, check=False, memory=False, roof=False)
-    first = measure(case("sdpa", 2048), settings)
-    second = measure(case("sdpa", 2048), settings)
-    assert first.status == second.status == "ok"
-    assert min(second.times_ms) == pytest.approx(min(first.times_ms), rel=0.10)
+    ratios = []
+    for _ in range(3):  # a systematic difference shows in every pair; a burst of another
+        first = measure(case("sdpa", 2048), settings)  # process's load (120 against 74 ms
+        second = measure(case("sdpa", 2048), settings)  # once, under a compile) in one
+        assert first.status == second.status == "ok"
+        ratios.append(min(second.times_ms) / min(first.times_ms))
+        if abs(ratios[-1] - 1) <= 0.10:
+            return
+    pytest.fail(f"every pair of measurements differed by more than 10%: ratios {ratios}")
 
 
 def test_measure_overhead_is_bounded() -> None:
