@@ -54,19 +54,24 @@ def test_bad_allocator_is_a_config_error_naming_the_field() -> None:
 def test_faults_per_call_show_the_mmap_cliff_and_tuned_removes_it(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """128 MiB of scores a call: glibc's defaults map (and fault) them afresh every call; the
-    tuned thresholds reuse freed memory. Each row says which allocator it ran under."""
+    tuned thresholds reuse freed memory. Each row says which allocator it ran under.
+
+    The tuned heap may still grow once after the untimed first call (the second call of this
+    case faults one more matrix when small allocations split the freed region; seen in CI with
+    only two counted calls: 16,419 a call), so at least seven calls are counted: a one-off
+    growth is then at most a seventh of a matrix a call, a per-call mapping a whole one."""
     for key in TUNED:
         monkeypatch.delenv(key, raising=False)
     rows = {}
     for name in ("default", "tuned"):
         with Supervisor(timeout_s=120, env=allocator_env(name)) as sup:
-            rows[name] = sup.run(_naive(), QUICK)
+            rows[name] = sup.run(_naive(), replace(QUICK, min_samples=6))
     assert rows["default"].status == rows["tuned"].status == "ok"
     assert rows["default"].extra["allocator"] == "glibc defaults"
     assert rows["tuned"].extra["allocator"].startswith("glibc, MALLOC_MMAP_THRESHOLD_=")
     fresh = 128 * 2**20 // 4096  # pages of one score matrix
-    assert rows["default"].minor_faults_per_call > fresh / 2
-    assert rows["tuned"].minor_faults_per_call < fresh / 20
+    assert rows["default"].minor_faults_per_call > fresh
+    assert rows["tuned"].minor_faults_per_call < fresh / 5
 
 
 def test_report_lists_rows_whose_calls_map_fresh_pages() -> None:
