@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from harness.timing import Timing, cuda_time, time_callable
+from harness.vocab import DENSE_MASK_FLOPS
 from variants.contract import DTYPES, LinearAttention, Semantics, SoftmaxAttention, SparseSoftmax
 
 BACKWARD_FACTOR = {"softmax": 2.5, "sparse": 2.5, "linear": 2.0}
@@ -33,6 +34,8 @@ def forward_flops(semantics: Semantics, b: int, h: int, nq: int, nk: int, d: int
     """FLOPs of one forward pass under the semantics' model."""
     if isinstance(semantics, LinearAttention):
         return 2 * b * h * (nq + nk) * d * d
+    if isinstance(semantics, SparseSoftmax) and semantics.dense:
+        return 4 * b * h * d * nq * nk
     if isinstance(semantics, SparseSoftmax):
         count = semantics.computed or semantics.kept
         if count is None:
@@ -49,7 +52,7 @@ def flops_convention(semantics: Semantics, causal: bool) -> str:
     if isinstance(semantics, LinearAttention):
         return "linear form: 2 (Nq + Nk) D^2 per head"
     if isinstance(semantics, SparseSoftmax):
-        return semantics.flops_convention
+        return DENSE_MASK_FLOPS if semantics.dense else semantics.flops_convention
     return "causal pairs j <= i" if causal else "all Nq x Nk pairs"
 
 

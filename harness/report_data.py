@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from harness.rows import Row
-from harness.vocab import MEASURED, Status, describe
+from harness.vocab import DENSE_MASK_FLOPS, MEASURED, Status, describe
 
 #: how a table cell or heatmap shows a status that has no number
 CELL_STATUS: dict[Status, str] = {
@@ -146,7 +146,9 @@ def crossover(ns: list[int], ratio: list[float]) -> str:
 def is_subquadratic(row: Row) -> bool:
     """Whether the row's variant claims a sub-quadratic form (sparse pattern or linear)."""
     definition = str(row.extra.get("definition", ""))
-    return definition.startswith(SUBQUADRATIC) or row.variant in ("linear", "sparse")
+    dense = row.extra.get("flops_convention") == DENSE_MASK_FLOPS  # a mask over every pair
+    return (definition.startswith(SUBQUADRATIC) and not dense) or row.variant in (
+        "linear", "sparse")
 
 
 def series(rows: Iterable[Row]) -> dict[tuple[str, int], list[Row]]:

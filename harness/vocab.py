@@ -40,6 +40,10 @@ PACE_PREFIX = "@attnbench-pace "
 #: how the reason of a row skipped because the sweep's budget_s was spent begins
 BUDGET_PREFIX = "budget: "
 
+#: a row's FLOP convention when its kernel computes every pair and masks afterwards (a dense
+#: mask): its FLOPs count every pair, and the report does not treat it as sub-quadratic
+DENSE_MASK_FLOPS = "all pairs (dense mask)"
+
 #: what is timed: the forward call, the backward call alone, or both
 MODES: tuple[str, ...] = ("fwd", "bwd", "fwd+bwd")
 

@@ -142,6 +142,9 @@ class SparseSoftmax:
     computed: Callable[[int, int, bool], int] | None = None
     #: how FLOPs count this semantics' pairs, said in every row
     flops_convention: str = "kept pairs"
+    #: computes every Nq x Nk pair and masks afterwards (a dense mask): FLOPs count every pair,
+    #: the row says so (harness.vocab.DENSE_MASK_FLOPS) and it is not sub-quadratic
+    dense: bool = False
 
 
 @dataclass(frozen=True)

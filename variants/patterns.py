@@ -17,12 +17,13 @@ bias ``slope_h * (kv - q)`` with ALiBi's slopes ``2^(-8 (h + 1) / H)``) and ``so
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from variants.contract import ScoreMod
+from variants.contract import ScoreMod, SoftmaxAttention, SparseSoftmax
 
 PATTERNS = ("full", "window", "document", "prefix_lm")
 SCORE_MODS = ("none", "alibi", "softcap")
@@ -64,9 +65,12 @@ def causal_conflict(spec: MaskSpec, causal: bool) -> str | None:
     return None
 
 
-def mask_fn(spec: MaskSpec, causal: bool, nq: int, nk: int) -> MaskFn | None:
-    """The pattern (with causal folded in) as an index predicate, or None for no mask."""
-    w, docs, prefix = spec.window, spec.documents, spec.prefix
+def mask_fn(
+    spec: MaskSpec, causal: bool, nq: int, nk: int, device: torch.device | str = "cpu"
+) -> MaskFn | None:
+    """The pattern (with causal folded in) as an index predicate, or None for no mask;
+    ``device`` is where index tensors it looks up live (that of the indices it is given)."""
+    w, prefix = spec.window, spec.prefix
     if spec.pattern == "full":
         return (lambda b, h, q, kv: q >= kv) if causal else None
     if spec.pattern == "window":
@@ -74,10 +78,51 @@ def mask_fn(spec: MaskSpec, causal: bool, nq: int, nk: int) -> MaskFn | None:
             return lambda b, h, q, kv: (q - kv >= 0) & (q - kv <= w)
         return lambda b, h, q, kv: (q - kv <= w) & (kv - q <= w)
     if spec.pattern == "document":
+        # Looked-up document ids, as attention-gym writes it: inductor's CPU flex template
+        # cannot compile index * (a dynamic int) in a mask (torch 2.13, docs/flex.md).
+        q_doc = torch.arange(nq, device=device) * spec.documents // nq  # (Nq,) query's document
+        kv_doc = torch.arange(nk, device=device) * spec.documents // nk  # (Nk,) key's document
         if causal:
-            return lambda b, h, q, kv: (q * docs // nq == kv * docs // nk) & (q >= kv)
-        return lambda b, h, q, kv: q * docs // nq == kv * docs // nk
+            return lambda b, h, q, kv: (q_doc[q] == kv_doc[kv]) & (q >= kv)
+        return lambda b, h, q, kv: q_doc[q] == kv_doc[kv]
     return lambda b, h, q, kv: (kv < prefix) | (kv <= q)  # prefix_lm
+
+
+def mask_only(spec: MaskSpec) -> MaskSpec:
+    """Only the mask fields of ``spec`` (caches of masks and blocks key on them)."""
+    return MaskSpec(pattern=spec.pattern, window=spec.window, documents=spec.documents,
+                    prefix=spec.prefix)
+
+
+def keep_mask(spec: MaskSpec, nq: int, nk: int, causal: bool,
+              device: torch.device | str) -> torch.Tensor:
+    """Dense (Nq, Nk) keep-mask of the pattern with causal folded in."""
+    fn = mask_fn(spec, causal, nq, nk, device)
+    if fn is None:
+        return torch.ones(nq, nk, dtype=torch.bool, device=device)  # (Nq, Nk)
+    return dense_keep(fn, nq, nk, device)  # (Nq, Nk)
+
+
+def pattern_kept(spec: MaskSpec, nq: int, nk: int, causal: bool) -> int:
+    """Pairs the pattern keeps (causal folded in)."""
+    return kept_pairs(mask_fn(spec, causal, nq, nk), nq, nk)
+
+
+def semantics(
+    spec: MaskSpec, *, computed: Callable[[int, int, bool], int] | None = None,
+    convention: str = "kept pairs", dense: bool = False,
+) -> SoftmaxAttention | SparseSoftmax:
+    """What a variant computing ``spec`` computes: softmax attention (with the score mod) for
+    ``full``, as sdpa's rows; else softmax over the pattern's kept pairs, FLOPs counting the
+    ``computed`` pairs (kept ones if None) or, ``dense``, every pair."""
+    mod = score_mod(spec)
+    if spec.pattern == "full":
+        return SoftmaxAttention(score_mod=mod)
+    only = mask_only(spec)
+    return SparseSoftmax(
+        keep=functools.partial(keep_mask, only), description=describe(spec),
+        kept=functools.partial(pattern_kept, only), score_mod=mod, computed=computed,
+        flops_convention=convention, dense=dense)
 
 
 def dense_keep(fn: MaskFn, nq: int, nk: int, device: torch.device | str) -> torch.Tensor:
