@@ -17,7 +17,11 @@ from harness.report_data import safe_name
 from harness.rows import Row
 
 N_LABEL = "sequence length N (tokens)"
-PALETTE = [f"C{i}" for i in range(10)] + ["#8c564b", "#393b79", "#637939", "#8c6d31", "#843c39"]
+#: tab10, then the darker of tab20b's pairs: 20 distinct colours (the masks preset has 15
+#: labels; "#8c564b", once here, was tab10's own brown C5)
+PALETTE = [f"C{i}" for i in range(10)] + [
+    "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173",
+    "#5254a3", "#8ca252", "#bd9e39", "#ad494a", "#a55194"]
 
 
 def colours(labels: Sequence[str]) -> dict[str, str]:

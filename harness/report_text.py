@@ -51,7 +51,8 @@ def legend_names(rows: Sequence[Row]) -> dict[str, str]:
     for r in rows:
         if r.label not in names:
             shown = _config_text(_legend_config(r))
-            ran = "/".join(k.split(":")[0] for k in kernels_of(rows, r.label).get("forward", []))
+            short = (k.split(":")[0] for k in kernels_of(rows, r.label).get("forward", []))
+            ran = "/".join(dict.fromkeys(short))  # one name per op, whatever its details
             parts = ", ".join(x for x in (shown, f"ran {ran}" if ran else "") if x)
             names[r.label] = f"{r.label} ({parts})" if parts else r.label
     return names

@@ -194,8 +194,8 @@ def unavailable_reason(
 
 def dispatched(shape: Shape, *, device: str, dtype: torch.dtype, causal: bool,
                backward: bool, cfg: Config) -> dict[str, str]:
-    """What runs: compiled (inductor's C++ template on CPU, Triton on CUDA) or eager flex,
-    and how many tiles of the block mask it computes."""
+    """What runs, as ``short: details`` (legends show the short part): compiled (inductor's
+    C++ template on CPU, Triton on CUDA) or eager flex, and the block mask's computed tiles."""
     table = block_table(patterns.mask_only(cfg), cfg.block, shape.nq, shape.nk, causal)
     b = cfg.block
     if patterns.mask_fn(cfg, causal, shape.nq, shape.nk) is None:
@@ -204,9 +204,9 @@ def dispatched(shape: Shape, *, device: str, dtype: torch.dtype, causal: bool,
         tiles = f"block mask {b}x{b}, {int(table.sum())} non-empty blocks of {table.numel()}"
     if cfg.compiled:
         kernel = "its C++ flex template" if device == "cpu" else "its Triton flex kernels"
-        what = f"flex_attention compiled by inductor ({kernel}; {tiles})"
+        what = f"flex compiled: flex_attention by inductor, {kernel}; {tiles}"
     else:
-        what = f"eager flex_attention (unfused: materialised scores; {tiles})"
+        what = f"flex eager: flex_attention unfused, materialised scores; {tiles}"
     return {"forward": what, **({"backward": what} if backward else {})}
 
 
