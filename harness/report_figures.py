@@ -15,6 +15,7 @@ Colours are fixed per variant label across every figure of a report.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -35,7 +36,7 @@ from harness.report_data import (
 )
 from harness.report_plot import N_LABEL, empty, legend, log_axes, n_axis, panels
 from harness.rows import Row
-from harness.vocab import MEASURED, Status
+from harness.vocab import IDENTITY, MEASURED, Status
 
 Scope = Literal["setting", "run"]
 
@@ -299,27 +300,36 @@ def masks_figure(view: FigureView) -> Figure | str:
     return fig
 
 
+def _twin(row: Row) -> str:
+    """A row's case without torch.compile (``IDENTITY`` only): its eager twin's identity."""
+    return json.dumps([getattr(row, f) for f in IDENTITY], sort_keys=True)
+
+
 @figure("compile", scope="run", order=30, title="Compile time beside steady-state time")
 def compile_figure(view: FigureView) -> Figure | str:
-    """Cold and warm-cache compile time of each compiled case beside its steady-state time."""
+    """Cold and warm-cache compile time of each compiled case beside its steady-state time
+    and, where the run has it, the same case's eager time."""
     rows = [r for r in view.rows if r.extra.get("compile_s") is not None and r.median_ms]
     if not rows:
         return "No compile figure: no compiled cases in these rows (compile=[true] adds them)."
-    rows.sort(key=lambda r: (r.label, r.mode, r.causal, r.b, r.nq))
-    fig = Figure(figsize=(max(7.0, 0.45 * len(rows) + 3), 4.6), layout="constrained")
+    rows.sort(key=lambda r: (r.label, r.dtype, r.mode, r.causal, r.b, r.nq))
+    eager = {_twin(r): r.median_ms / 1e3 for r in view.rows
+             if not r.compile and r.median_ms and r.status in MEASURED}
+    fig = Figure(figsize=(max(7.0, 0.55 * len(rows) + 3), 4.6), layout="constrained")
     ax = fig.subplots()
     x = np.arange(len(rows))
-    bars = (("compile, cold (s)", [r.extra["compile_s"] for r in rows], -0.27),
-            ("compile, warm cache (s)", [r.extra.get("compile_warm_s") or np.nan for r in rows],
-             0.0),
-            ("steady-state call (s)", [r.median_ms / 1e3 for r in rows], 0.27))
-    for name, values, shift in bars:
-        ax.bar(x + shift, values, width=0.27, label=name)
+    bars = (("compile, cold (s)", [r.extra["compile_s"] for r in rows]),
+            ("compile, warm cache (s)", [r.extra.get("compile_warm_s") or np.nan for r in rows]),
+            ("eager call (s)", [eager.get(_twin(r), np.nan) for r in rows]),
+            ("compiled call (s)", [r.median_ms / 1e3 for r in rows]))
+    for i, (name, values) in enumerate(bars):
+        ax.bar(x + (i - 1.5) * 0.2, values, width=0.2, label=name)
     ax.set_yscale("log")
-    ax.set_xticks(x, [f"{r.label} {r.mode} {'causal' if r.causal else 'full'} N={r.nq}"
+    ax.set_xticks(x, [f"{r.label} {r.dtype} {r.mode} {'causal' if r.causal else 'full'} N={r.nq}"
                       for r in rows], rotation=40, ha="right", fontsize=7)
     ax.set_ylabel("seconds (log)")
     ax.grid(True, axis="y", alpha=0.3)
-    fig.suptitle("torch.compile: compile time (outside the timed region) and the call it buys")
+    fig.suptitle("torch.compile: compile time (outside the timed region), the eager call and "
+                 "the compiled call it buys")
     legend(ax)
     return fig

@@ -49,14 +49,22 @@ def test_one_mask_only_gives_a_reason_not_a_figure() -> None:
     assert masks_figure(_view(rows)).startswith("No per-mask figure")
 
 
-def test_compile_figure_shows_cold_warm_and_steady_state() -> None:
-    """A bar triple per compiled row; without compiled rows, a reason."""
+def test_compile_figure_shows_cold_warm_eager_and_compiled() -> None:
+    """Four bars per compiled row: compile cold and warm, the eager twin's call (the same
+    case without compile, where the run has it), the compiled call; no compiled rows: a
+    reason."""
     base = [r for r in read_rows(RUN) if r.label == "naive" and r.status == "ok"][:3]
     assert isinstance(compile_figure(_view(base)), str)
-    compiled = [_as(r, "naive+compile", "softmax attention", compile_s=12.5,
-                    compile_warm_s=1.5) for r in base]
-    fig = compile_figure(_view(compiled))
-    assert isinstance(fig, Figure) and len(fig.axes[0].patches) == 3 * len(compiled)
+    compiled = [replace(_as(r, "naive+compile", "softmax attention", compile_s=12.5,
+                            compile_warm_s=1.5), compile=True, median_ms=r.median_ms / 4)
+                for r in base]
+    fig = compile_figure(_view([*base[:2], *compiled]))
+    assert isinstance(fig, Figure)
+    bars = {c.get_label(): [p.get_height() for p in c.patches] for c in fig.axes[0].containers}
+    assert len(bars) == 4 and all(len(h) == len(compiled) for h in bars.values())
+    assert bars["eager call (s)"][:2] == [r.median_ms / 1e3 for r in base[:2]]
+    assert bars["eager call (s)"][2] != bars["eager call (s)"][2]  # NaN: no eager twin
+    assert bars["compiled call (s)"] == [r.median_ms / 1e3 for r in compiled]
 
 
 def test_the_variant_table_says_how_flops_count() -> None:
