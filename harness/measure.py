@@ -32,6 +32,7 @@ from harness.config import MeasureSettings
 from harness.flops import current_roof, flops_convention, mode_flops
 from harness.memory import MIB, peak_bytes
 from harness.oracle import Agreement, Shape, check_agreement, make_inputs
+from harness.roofline import roofline_fields, traffic_fields
 from harness.rows import Row
 from harness.timing import Attention, cuda_time, l2_flusher, time_callable, timed_callable
 from harness.vocab import Status
@@ -171,7 +172,8 @@ def _peaks(case: Case, s: MeasureSettings, fn: Attention) -> dict[str, Any]:
 
 
 def _model(case: Case, row: Row) -> dict[str, Any]:
-    """FLOPs, throughput, and the variant's memory expectation (no variant code runs)."""
+    """FLOPs, bytes moved, throughput, and the variant's memory expectation (no variant
+    code runs)."""
     variant, cfg = case.spec.variant, case.spec.cfg
     flops = mode_flops(variant.computes(cfg), case.mode, case.b, case.h, case.nq, case.nk,
                        case.d, case.causal)
@@ -179,7 +181,10 @@ def _model(case: Case, row: Row) -> dict[str, Any]:
     kw = {"dtype": DTYPES[case.dtype], "causal": case.causal, "cfg": cfg, "device": case.device}
     fwd = variant.expected_peak_bytes(*dims, backward=False, **kw)
     both = variant.expected_peak_bytes(*dims, backward=True, **kw) if case.backward else None
+    moved = traffic_fields(case, row.median_ms)
     return {
+        "bytes_moved": moved["bytes_moved"], "gib_s": moved["gib_s"],
+        "extra": {**row.extra, "bytes_convention": moved["bytes_convention"]},
         "flops": flops,
         "gflops": flops / (row.median_ms * 1e-3) / 1e9 if row.median_ms else None,
         "expected_fwd_mib": None if fwd is None else fwd / MIB,
@@ -195,8 +200,12 @@ def _roof(case: Case, row: Row, threads: int) -> dict[str, Any]:
     if eff is not None and eff > 1:
         extra["flag"] = (f"efficiency {eff:.0%} of a roof measured {age:.0f} s earlier: the "
                          "host's speed changed between them (busy or throttled)")
+    line = roofline_fields(row.flops, row.bytes_moved, row.gflops, roof.gemm_gflops,
+                           roof.copy_gib_s)
+    if "bound" in line:
+        extra["bound"] = line.pop("bound")
     return {"roof_gflops": roof.gemm_gflops, "efficiency": eff, "copy_gib_s": roof.copy_gib_s,
-            "extra": extra}
+            **line, "extra": extra}
 
 
 def _failure(row: Row, exc: BaseException) -> Row:

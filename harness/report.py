@@ -20,6 +20,7 @@ from pathlib import Path
 from harness.report_data import Footnotes, cell, group, peak_mib, scaling_table
 from harness.report_figures import FigureKind, FigureView, registered
 from harness.report_plot import colours, save
+from harness.report_roofline import roofline_lines  # registers the roofline figure too
 from harness.report_text import (
     fault_lines,
     fingerprint_lines,
@@ -98,7 +99,7 @@ def build(results: ResultSet, out: Path, baseline: str) -> Path:
     lines = [f"# attnbench report: {results.name}", "", *fingerprint_lines(results), "",
              *missing_lines(rows, baseline), "", *variant_lines(rows), "",
              *scaling_lines(scaling_table(groups, exact), exact), "",
-             *fault_lines(rows), "",
+             *fault_lines(rows), "", *roofline_lines(rows), "",
              *run_figures(run, fig_dir)]
     for setting, mine in groups.items():
         lines += section(replace(run, setting=setting, rows=mine), notes, fig_dir)

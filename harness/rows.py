@@ -51,6 +51,12 @@ class Row:
     roof_gflops: float | None = None
     efficiency: float | None = None  # gflops / roof_gflops, same run, same device and dtype
     copy_gib_s: float | None = None
+    # traffic and the roofline (harness/roofline.py): bytes read and written per call, the
+    # achieved GiB/s, min(roof, copy bandwidth x FLOPs per byte) and gflops against it
+    bytes_moved: int | None = None
+    gib_s: float | None = None
+    attainable_gflops: float | None = None
+    roofline_efficiency: float | None = None
     # memory (peak above entry, inputs excluded)
     peak_fwd_mib: float | None = None
     peak_fwd_bwd_mib: float | None = None

@@ -44,6 +44,10 @@ BUDGET_PREFIX = "budget: "
 #: mask): its FLOPs count every pair, and the report does not treat it as sub-quadratic
 DENSE_MASK_FLOPS = "all pairs (dense mask)"
 
+#: a row's bytes convention when its variant has no traffic model of its own: the least any
+#: implementation moves (harness/roofline.py): its GiB/s and roofline efficiency are lower bounds
+IO_ONLY_BYTES = "inputs read once, outputs written once (no model of the variant's own)"
+
 #: what is timed: the forward call, the backward call alone, or both
 MODES: tuple[str, ...] = ("fwd", "bwd", "fwd+bwd")
 

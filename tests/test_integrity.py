@@ -57,7 +57,9 @@ def test_two_sweeps_in_the_same_second_get_two_run_directories(harness_env, tmp_
 def test_a_second_writer_is_refused_naming_the_holder(harness_env, tmp_path) -> None:
     """resume= of a directory another sweep is writing: exit 2 naming its pid."""
     out = tmp_path / "run"
-    slow = [*FAST, "seq_lens=[16,32,64,128,256]", "min_run_time=0.5", f"run_dir={out}"]
+    # 5 cases of 1.5 s: the first writer is still writing when the second has started, even
+    # on a loaded host (at 0.5 s a case it once finished first there)
+    slow = [*FAST, "seq_lens=[16,32,64,128,256]", "min_run_time=1.5", f"run_dir={out}"]
     first = subprocess.Popen([sys.executable, "-m", "harness", "sweep", *slow], cwd=ROOT,
                              env=harness_env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)

@@ -250,6 +250,19 @@ class Variant:
         return int(model(b, h, nq, nk, d, dtype=dtype, causal=causal, backward=backward,
                          cfg=cfg, device=device))
 
+    def bytes_moved(
+        self, b: int, h: int, nq: int, nk: int, d: int, *,
+        dtype: torch.dtype, causal: bool, backward: bool, cfg: Any, device: str,
+    ) -> int | None:
+        """Bytes a forward (backward: forward and backward) reads and writes under the
+        variant's own traffic model, or None if it has none (the harness then counts inputs
+        and outputs once: harness/roofline.py)."""
+        model = getattr(self.module, "bytes_moved", None)
+        if model is None:
+            return None
+        return int(model(b, h, nq, nk, d, dtype=dtype, causal=causal, backward=backward,
+                         cfg=cfg, device=device))
+
     def dispatched(
         self, shape: Shape, *, device: str, dtype: torch.dtype, causal: bool, backward: bool,
         cfg: Any,

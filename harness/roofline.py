@@ -1,0 +1,81 @@
+"""Bytes a call moves, and the roofline each row is judged against beside the compute roof.
+
+A variant may model its traffic (``bytes_moved`` in its module: bytes read and written by a
+forward, or by a forward and backward); one without a model is counted at the least any
+implementation moves: every input read once and every output written once
+(``vocab.IO_ONLY_BYTES``). Too few bytes overstate the intensity, so such a row's GiB/s and
+its efficiency against the roofline are both lower bounds. The roofline is min(compute roof,
+bandwidth x intensity), with both ceilings measured in the same run (``harness/flops.py``:
+the GEMM roof and a 256 MiB copy); a row whose intensity (FLOPs per byte) sits below the
+ridge point is memory-bound and is judged by bandwidth, as a decode step should be.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from harness.cases import Case
+from harness.vocab import IO_ONLY_BYTES
+from variants.contract import DTYPES
+
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Bytes one call of a mode moves, and how they were counted."""
+
+    bytes: int
+    convention: str
+
+
+def io_bytes(b: int, h: int, nq: int, nk: int, d: int, *, dtype: torch.dtype,
+             backward: bool) -> int:
+    """The least traffic of attention: forward reads q, k, v and writes out; backward reads
+    q, k, v, out, dout and the row statistics and writes dq, dk, dv."""
+    e = torch.empty((), dtype=dtype).element_size()
+    q_rows, k_rows = b * h * nq * d, b * h * nk * d
+    fwd = (2 * q_rows + 2 * k_rows) * e + b * h * nq * 4  # q, k, v in; out and lse out
+    bwd = (3 * q_rows + 2 * k_rows) * e + b * h * nq * 4 + (q_rows + 2 * k_rows) * e
+    return fwd + bwd if backward else fwd
+
+
+def traffic(case: Case) -> Traffic:
+    """Bytes the case's mode moves per call: the variant's model, or ``io_bytes``."""
+    variant, cfg, dtype = case.spec.variant, case.spec.cfg, DTYPES[case.dtype]
+    dims = (case.b, case.h, case.nq, case.nk, case.d)
+
+    def count(backward: bool) -> tuple[int, bool]:
+        own = variant.bytes_moved(*dims, dtype=dtype, causal=case.causal, backward=backward,
+                                  cfg=cfg, device=case.device)
+        return (own, True) if own is not None else (io_bytes(*dims, dtype=dtype,
+                                                             backward=backward), False)
+    fwd, modelled = count(False)
+    both = count(True)[0] if case.mode != "fwd" else fwd
+    moved = {"fwd": fwd, "bwd": both - fwd, "fwd+bwd": both}[case.mode]
+    return Traffic(moved, f"{variant.name}'s traffic model" if modelled else IO_ONLY_BYTES)
+
+
+def attainable_gflops(flops: int, moved: int, roof_gflops: float, copy_gib_s: float) -> float:
+    """The roofline at this row's intensity: min(compute roof, bandwidth x FLOPs per byte)."""
+    return min(roof_gflops, copy_gib_s * GIB / 1e9 * flops / moved)
+
+
+def traffic_fields(case: Case, median_ms: float | None) -> dict[str, Any]:
+    """bytes_moved and achieved GiB/s of a timed case, and the convention (into extra)."""
+    t = traffic(case)
+    rate = t.bytes / (median_ms * 1e-3) / GIB if median_ms else None
+    return {"bytes_moved": t.bytes, "gib_s": rate, "bytes_convention": t.convention}
+
+
+def roofline_fields(flops: int | None, moved: int | None, gflops: float | None,
+                    roof_gflops: float, copy_gib_s: float) -> dict[str, Any]:
+    """The attainable GFLOP/s, the row's efficiency against it, and which ceiling binds."""
+    if not flops or not moved or gflops is None:
+        return {}
+    attainable = attainable_gflops(flops, moved, roof_gflops, copy_gib_s)
+    return {"attainable_gflops": attainable, "roofline_efficiency": gflops / attainable,
+            "bound": "compute" if attainable >= roof_gflops else "memory"}

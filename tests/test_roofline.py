@@ -1,0 +1,86 @@
+"""Bytes moved and the roofline: the I/O-only count by hand, a variant's own model taking its
+place, both ceilings in every measured row, and the report's table and figure from rows."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+import variants
+from harness.cases import Case
+from harness.measure import MeasureSettings, measure
+from harness.report_figures import FigureView
+from harness.report_plot import colours
+from harness.report_roofline import roofline_figure, roofline_lines
+from harness.report_text import legend_names
+from harness.roofline import GIB, attainable_gflops, io_bytes, roofline_fields, traffic
+from harness.specs import VariantSpec
+from harness.vocab import IO_ONLY_BYTES
+
+
+def _case(name: str, mode: str, dtype: str = "fp32", dims=(2, 3, 40, 56, 16)) -> Case:
+    variant = variants.get(name)
+    return Case(VariantSpec(name, variant, variant.config_cls()), "cpu", dtype, mode, False,
+                *dims)
+
+
+def test_io_bytes_by_hand() -> None:
+    """fwd: q, k, v in, out and float32 lse out; bwd: q, k, v, out, dout, lse in, dq, dk, dv
+    out; bf16 halves the tensors but not lse."""
+    b, h, nq, nk, d = 2, 3, 40, 56, 16
+    q, k, lse = b * h * nq * d, b * h * nk * d, b * h * nq * 4
+    fwd = (2 * q + 2 * k) * 4 + lse
+    bwd = (3 * q + 2 * k) * 4 + lse + (q + 2 * k) * 4
+    assert io_bytes(b, h, nq, nk, d, dtype=torch.float32, backward=False) == fwd
+    assert io_bytes(b, h, nq, nk, d, dtype=torch.float32, backward=True) == fwd + bwd
+    assert io_bytes(b, h, nq, nk, d, dtype=torch.bfloat16, backward=False) == fwd // 2 + lse // 2
+    t = traffic(_case("sdpa", "bwd"))
+    assert t.bytes == bwd and t.convention == IO_ONLY_BYTES
+
+
+def test_a_variants_own_model_replaces_the_io_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A module's bytes_moved(…, backward) is used per mode: bwd is fwd+bwd minus fwd."""
+    module = variants.get("naive").module
+    monkeypatch.setattr(module, "bytes_moved", lambda *a, backward, **kw: 500 if backward
+                        else 200, raising=False)
+    assert traffic(_case("naive", "fwd")).bytes == 200
+    assert traffic(_case("naive", "bwd")).bytes == 300
+    moved = traffic(_case("naive", "fwd+bwd"))
+    assert moved.bytes == 500 and moved.convention == "naive's traffic model"
+
+
+def test_the_roofline_is_the_lower_ceiling() -> None:
+    """Below the ridge the bandwidth binds, above it the compute roof."""
+    bw = 10.0  # GiB/s: 10.74 GB/s; roof 100 GFLOP/s: ridge at about 9.3 FLOP/byte
+    assert attainable_gflops(1000, 1000, 100.0, bw) == pytest.approx(bw * GIB / 1e9)
+    assert attainable_gflops(10**6, 1000, 100.0, bw) == 100.0
+    low = roofline_fields(1000, 1000, 5.0, 100.0, bw)
+    assert low["bound"] == "memory"
+    assert low["roofline_efficiency"] == pytest.approx(5.0 / (bw * GIB / 1e9))
+    assert roofline_fields(10**6, 1000, 50.0, 100.0, bw)["bound"] == "compute"
+    assert roofline_fields(None, 1000, 5.0, 100.0, bw) == {}
+
+
+def test_a_measured_row_carries_both_ceilings() -> None:
+    """bytes, GiB/s, attainable GFLOP/s and efficiency against it, all consistent."""
+    row = measure(_case("sdpa", "fwd+bwd"), MeasureSettings(min_run_time=0.05, memory=False,
+                                                            check=False))
+    assert row.status == "ok"
+    assert row.bytes_moved == traffic(_case("sdpa", "fwd+bwd")).bytes
+    assert row.gib_s == pytest.approx(row.bytes_moved / (row.median_ms * 1e-3) / GIB)
+    attainable = attainable_gflops(row.flops, row.bytes_moved, row.roof_gflops, row.copy_gib_s)
+    assert row.attainable_gflops == pytest.approx(attainable)
+    assert row.roofline_efficiency == pytest.approx(row.gflops / attainable)
+    assert row.extra["bound"] in ("memory", "compute")
+    assert row.extra["bytes_convention"] == IO_ONLY_BYTES
+
+    view = FigureView(None, [row], legend_names([row]), colours([row.label]), "sdpa")
+    text = "\n".join(roofline_lines([row, replace(row, label="x", status="error")]))
+    assert "## Roofline" in text and "| sdpa |" in text and "I/O only" in text
+    assert "| x |" not in text
+    fig = roofline_figure(view)
+    assert isinstance(fig, Figure) and len(fig.axes[0].get_lines()) == 2  # sdpa, roofline
+    assert roofline_lines([replace(row, bytes_moved=None)]) == []
