@@ -46,6 +46,20 @@ def cmd_measure(overrides: list[str]) -> int:
     return 0
 
 
+def cmd_support(overrides: list[str]) -> int:
+    """Print the support matrix of a sweep's variants, device and dtypes."""
+    from harness.compose import check_keys, compose_conf
+    from harness.config import SweepConf, sweep_settings
+    from harness.report_text import support_lines
+    from harness.support import as_records, support_matrix
+
+    check_keys(overrides, SweepConf, groups=("sweep",))
+    grid = sweep_settings(compose_conf("config", overrides)).grid
+    cells = support_matrix(grid.specs, (grid.device,), grid.dtypes)
+    print("\n".join(support_lines(as_records(cells))))
+    return 0
+
+
 def cmd_sweep(overrides: list[str]) -> int:
     """Validate every job and where it writes, then hand over to Hydra (-m, launchers)."""
     from harness.compose import check_keys, hydra_sweep, validate_sweep
@@ -273,6 +287,8 @@ HYDRA_COMMANDS: dict[str, tuple[str, str, Callable[[list[str]], int]]] = {
     "measure": ("measure a grid of cases and print the rows", "MeasureConf", cmd_measure),
     "sweep": ("the main job: a Hydra-configured sweep that keeps every row", "SweepConf",
               cmd_sweep),
+    "support": ("the support matrix of a sweep's variants on its device and dtypes (yes, or "
+                "no and why), from the variants' declarations", "SweepConf", cmd_support),
 }
 COMMANDS: dict[str, tuple[str, Options, Callable[[argparse.Namespace], int]]] = {
     "merge": ("combine run directories (shards, or replicates) into one", _merge_options,

@@ -28,6 +28,7 @@ from harness.report_text import (
     md_table,
     missing_lines,
     scaling_lines,
+    support_lines,
     variant_lines,
 )
 from harness.results import ResultSet, load
@@ -88,6 +89,12 @@ def section(view: FigureView, notes: Footnotes, fig_dir: Path) -> list[str]:
     return lines
 
 
+def _support(results: ResultSet) -> list[dict]:
+    """The support matrices the runs' manifests recorded, each cell once."""
+    cells = (tuple(sorted(c.items())) for m in results.manifests for c in m.get("support", []))
+    return [dict(c) for c in dict.fromkeys(cells)]
+
+
 def build(results: ResultSet, out: Path, baseline: str) -> Path:
     """Write report.md and the figures into ``out``; return the report's path."""
     rows = list(results.rows)
@@ -98,6 +105,7 @@ def build(results: ResultSet, out: Path, baseline: str) -> Path:
     exact = [b for b in dict.fromkeys([baseline, "sdpa"]) if any(r.label == b for r in rows)]
     lines = [f"# attnbench report: {results.name}", "", *fingerprint_lines(results), "",
              *missing_lines(rows, baseline), "", *variant_lines(rows), "",
+             *support_lines(_support(results)),
              *scaling_lines(scaling_table(groups, exact), exact), "",
              *fault_lines(rows), "", *roofline_lines(rows), "",
              *run_figures(run, fig_dir)]

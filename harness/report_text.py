@@ -178,3 +178,25 @@ def fault_lines(rows: Sequence[Row]) -> list[str]:
             "them page-faults again each time; a time that jumps between two N usually jumps "
             "here too. (`allocator=tuned` keeps freed memory for reuse; the default is what a "
             "user's program gets.)", "", *table]
+
+
+def support_lines(records: Sequence[dict]) -> list[str]:
+    """The support matrix (manifest ``support``): per device and dtype, a variant per line, a
+    scenario per column, ``yes`` or ``no (n)`` with reason n listed under the table."""
+    if not records:
+        return []
+    scenarios = list(dict.fromkeys(r["scenario"] for r in records))
+    lines = ["## Support matrix", "",
+             "What each variant runs, from its declarations (SUPPORTS, unavailable_reason, the "
+             "compile rule), decided as a sweep decides a case's `unavailable` status.", ""]
+    for device, dtype in dict.fromkeys((r["device"], r["dtype"]) for r in records):
+        mine = [r for r in records if (r["device"], r["dtype"]) == (device, dtype)]
+        reasons = list(dict.fromkeys(r["reason"] for r in mine if r["reason"]))
+        cells = {(r["label"], r["scenario"]): r["reason"] for r in mine}
+        body = [[label, *("yes" if not cells[label, s] else
+                          f"no ({reasons.index(cells[label, s]) + 1})" for s in scenarios)]
+                for label in dict.fromkeys(r["label"] for r in mine)]
+        lines += [f"**{device} {dtype}**", "", *md_table(["variant", *scenarios], body), ""]
+        lines += [f"{i}. {' '.join(text.split())}" for i, text in enumerate(reasons, 1)]
+        lines += [""] if reasons else []
+    return lines

@@ -38,6 +38,7 @@ from harness.memory import MIB
 from harness.rows import Row
 from harness.rundir import FREE_KEYS
 from harness.store import RunStore, StoreError, iter_status_counts, measured_machine
+from harness.support import as_records, support_matrix
 from harness.vocab import BUDGET_PREFIX, MEASURED, PACE_PREFIX, Status
 from harness.worker import Supervisor
 from variants.contract import DTYPES
@@ -119,9 +120,10 @@ def manifest(s: SweepSettings, resolved: dict[str, Any], store: RunStore, **extr
     rows = store.rows()
     fp = fingerprint(s.grid.device, resolved)
     soft = {**fp.soft, **measured_machine(rows)}
+    cells = support_matrix(s.grid.specs, (s.grid.device,), s.grid.dtypes)
     return {
         "preset": s.preset, "config": resolved, "fingerprint": {"hard": fp.hard, "soft": soft},
-        "doctor": doctor_summary(s.grid.device),
+        "doctor": doctor_summary(s.grid.device), "support": as_records(cells),
         "counts": dict(iter_status_counts(rows)), "rows": len(rows), **extra,
     }
 
