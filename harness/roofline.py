@@ -19,6 +19,7 @@ import torch
 
 from harness.cases import Case
 from harness.vocab import IO_ONLY_BYTES
+from variants import memory_models
 from variants.contract import DTYPES
 
 GIB = 2**30
@@ -34,13 +35,10 @@ class Traffic:
 
 def io_bytes(b: int, h: int, nq: int, nk: int, d: int, *, dtype: torch.dtype,
              backward: bool) -> int:
-    """The least traffic of attention: forward reads q, k, v and writes out; backward reads
-    q, k, v, out, dout and the row statistics and writes dq, dk, dv."""
-    e = torch.empty((), dtype=dtype).element_size()
-    q_rows, k_rows = b * h * nq * d, b * h * nk * d
-    fwd = (2 * q_rows + 2 * k_rows) * e + b * h * nq * 4  # q, k, v in; out and lse out
-    bwd = (3 * q_rows + 2 * k_rows) * e + b * h * nq * 4 + (q_rows + 2 * k_rows) * e
-    return fwd + bwd if backward else fwd
+    """The least traffic of attention (``memory_models.io_traffic``): inputs read once,
+    outputs written once."""
+    m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=False)
+    return memory_models.io_traffic(m, backward=backward)
 
 
 def traffic(case: Case) -> Traffic:

@@ -84,3 +84,25 @@ def test_a_measured_row_carries_both_ceilings() -> None:
     fig = roofline_figure(view)
     assert isinstance(fig, Figure) and len(fig.axes[0].get_lines()) == 2  # sdpa, roofline
     assert roofline_lines([replace(row, bytes_moved=None)]) == []
+
+
+def test_materialising_variants_count_every_pass_over_their_scores() -> None:
+    """masked (naive impl) and eager flex model their score passes; a dense-masked SDPA adds
+    its mask; compiled flex has no model (I/O only)."""
+    from variants import memory_models
+
+    dims, f32 = (1, 2, 64, 80, 16), torch.float32
+    m = memory_models.dims(*dims, f32, upcast_low_precision=False)
+    masked, flex = variants.get("masked"), variants.get("flex")
+    kw = {"dtype": f32, "causal": False, "device": "cpu"}
+    naive_impl = masked.bytes_moved(*dims, backward=True, cfg=masked.presets["window_naive"],
+                                    **kw)
+    passes = (memory_models.SCORE_PASSES_FWD + memory_models.MASK_PASSES
+              + memory_models.SCORE_PASSES_BWD)
+    assert naive_impl == (memory_models.io_traffic(m, backward=True) + passes * m.scores * 4
+                          + 2 * 64 * 80)
+    sdpa_impl = masked.bytes_moved(*dims, backward=False, cfg=masked.presets["window"], **kw)
+    assert sdpa_impl == memory_models.io_traffic(m, backward=False) + 64 * 80 * (1 + 2 * 4)
+    assert flex.bytes_moved(*dims, backward=False, cfg=flex.presets["window"], **kw) is None
+    eager = flex.bytes_moved(*dims, backward=False, cfg=flex.presets["eager"], **kw)
+    assert eager > io_bytes(*dims, dtype=f32, backward=False) + 6 * m.scores * 4

@@ -255,13 +255,14 @@ class Variant:
         dtype: torch.dtype, causal: bool, backward: bool, cfg: Any, device: str,
     ) -> int | None:
         """Bytes a forward (backward: forward and backward) reads and writes under the
-        variant's own traffic model, or None if it has none (the harness then counts inputs
-        and outputs once: harness/roofline.py)."""
+        variant's own traffic model, or None if it has none, here or for this config (the
+        harness then counts inputs and outputs once: harness/roofline.py)."""
         model = getattr(self.module, "bytes_moved", None)
         if model is None:
             return None
-        return int(model(b, h, nq, nk, d, dtype=dtype, causal=causal, backward=backward,
-                         cfg=cfg, device=device))
+        moved = model(b, h, nq, nk, d, dtype=dtype, causal=causal, backward=backward, cfg=cfg,
+                      device=device)
+        return None if moved is None else int(moved)
 
     def dispatched(
         self, shape: Shape, *, device: str, dtype: torch.dtype, causal: bool, backward: bool,

@@ -230,6 +230,18 @@ def expected_peak_bytes(
     return memory_models.streaming(m, backward=backward, workspace=workspace)
 
 
+def bytes_moved(
+    b: int, h: int, nq: int, nk: int, d: int, *,
+    dtype: torch.dtype, causal: bool, backward: bool, cfg: Config, device: str = "cpu",
+) -> int | None:
+    """Eager: every pass over its materialised float32 scores and the (B, H, Nq, Nk) mask;
+    compiled: no model of its own (inputs and outputs once, the harness's count)."""
+    if cfg.compiled:
+        return None
+    m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=True)
+    return memory_models.materialised_traffic(m, masked=True, backward=backward)
+
+
 # ---------------------------------------------------------------- computation
 
 

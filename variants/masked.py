@@ -157,6 +157,27 @@ def expected_peak_bytes(
     return memory_models.streaming(m, backward=backward, workspace=workspace)
 
 
+def bytes_moved(
+    b: int, h: int, nq: int, nk: int, d: int, *,
+    dtype: torch.dtype, causal: bool, backward: bool, cfg: Config, device: str = "cpu",
+) -> int:
+    """naive: every pass over materialised scores (memory_models.materialised_traffic); sdpa:
+    inputs and outputs once plus the dense mask each direction (a bool mask read and its
+    additive copy written and read, or the float bias read)."""
+    if cfg.impl == "naive":
+        m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=False)
+        masked = patterns.mask_fn(cfg, causal, nq, nk) is not None
+        return memory_models.materialised_traffic(m, masked=masked, backward=backward)
+    m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=False)
+    if cfg.score_mod != "none":
+        mask = h * nq * nk * m.e  # the (1, H, Nq, Nk) bias, read
+    elif patterns.mask_fn(cfg, causal, nq, nk) is not None:
+        mask = nq * nk * (1 + 2 * m.e)  # bool read, additive copy written and read
+    else:
+        mask = 0
+    return memory_models.io_traffic(m, backward=backward) + mask * (1 + backward)
+
+
 def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     causal: bool = False, scale: float | None = None, cfg: Config = Config(),

@@ -96,3 +96,30 @@ def linear_form(m: Dims, *, causal: bool, chunk: int, backward: bool, block: int
     if backward:  # queries' pass, then keys' pass
         return out + grads + max((3 + up) * qb, 3 * kb)
     return max((1 + up) * kb, out + 2 * qb)  # states from the keys, then the output
+
+
+# ---------------------------------------------------------------- traffic (bytes moved)
+
+
+def io_traffic(m: Dims, *, backward: bool) -> int:
+    """The least any implementation moves: forward reads q, k, v and writes out (and float32
+    row statistics); backward reads q, k, v, out, dout, the statistics, writes dq, dk, dv."""
+    lse = m.b * m.h * m.nq * 4
+    fwd = (2 * m.q_rows + 2 * m.k_rows) * m.e + lse
+    bwd = (3 * m.q_rows + 2 * m.k_rows) * m.e + lse + (m.q_rows + 2 * m.k_rows) * m.e
+    return fwd + bwd if backward else fwd
+
+
+#: passes over a materialised (B, H, Nq, Nk) matrix: forward writes S, scales it in place
+#: (read, write), softmax reads S and writes P, P @ V reads P (6; a mask adds a masked_fill,
+#: read and write); backward writes dP, softmax's backward reads P and dP and writes dS, the
+#: scale reads and writes dS, dQ and dK read dS, dV reads P (9)
+SCORE_PASSES_FWD, SCORE_PASSES_BWD, MASK_PASSES = 6, 9, 2
+
+
+def materialised_traffic(m: Dims, *, masked: bool, backward: bool) -> int:
+    """io_traffic plus every pass over the score matrices, in the compute dtype, and a bool
+    keep-mask read once a direction when masked."""
+    passes = SCORE_PASSES_FWD + MASK_PASSES * masked + SCORE_PASSES_BWD * backward
+    mask = m.nq * m.nk * (1 + backward) if masked else 0
+    return io_traffic(m, backward=backward) + passes * m.scores * m.c + mask
