@@ -17,44 +17,52 @@ drawn without replacement from the blocks not yet kept (fewer if fewer remain) w
 of query and key blocks. A block kept for two reasons counts once. If causal, the element-wise
 mask j <= i applies on top.
 
-Computation: ``attention`` never builds anything Nq x Nk; work and memory follow the kept
-entries. Window: query tiles of t = ``Config.block`` rows, all (b, h, tile) in one batch; tile I
-reads keys j in [I t - w, I t + t - 1 + w] (causal: to I t + t - 1) through an ``unfold`` view of
-a flat, padded key buffer, so scores are (tiles, t, t + 2w) and a constant (t, span) band bias
-masks by position. BigBird: global query rows as one dense (g b, Nk) block per (b, h); every
-other block row gathers its kept key blocks, padded to kmax <= 3 + g + r with an empty sentinel
-block: scores (block rows, b, kmax b). Forward-only calls run over groups of (b, h) pairs and
-chunks of about CHUNK_ELEMENTS scores, copied into the output as they come; under autograd,
-which saves every part anyway, one pass.
+Computation: ``attention`` never builds anything Nq x Nk, in either direction; work and memory
+follow the kept entries. A custom ``torch.autograd.Function`` runs over groups of about
+GROUP_ELEMENTS (b, h) pairs and, inside a group, chunks of about CHUNK_ELEMENTS scores
+(BACKWARD_CHUNK_ELEMENTS under autograd), in ``variants/sparse_kernels.py``. Its forward writes
+the output and each row's logsumexp and saves only q, k, v, the output and the logsumexps; its
+backward recomputes each chunk's scores (FlashAttention-2 style: P = exp(S - lse),
+dS = P (dP - rowsum(dO O)) scale), so fwd+bwd holds O(N) rows plus one chunk.
+Window: query tiles of t = ``Config.block`` rows; tile I reads keys j in [I t - w,
+I t + t - 1 + w] (causal: to I t + t - 1) through an ``unfold`` view of a flat, padded key
+buffer, so scores are (tiles, t, t + 2w) and a constant (t, span) band bias masks by position;
+key gradients are added back onto a flat buffer of the same layout (the adjoint of
+the unfold). BigBird: global query rows as one dense (g b, Nk) block per (b, h); every other
+block row gathers its kept key blocks, padded to kmax <= 3 + g + r with an empty sentinel block:
+scores (block rows, b, kmax b); key gradients go back with ``index_add_`` over the block lists.
 Padding keys carry an extra feature (PAD_LOGIT / scale) that queries meet with a 1, so they
 score about PAD_LOGIT = -1e30 (finite) without any per-tile mask, for any nonzero scale.
-Softmax is ``torch.softmax`` (max-subtracted); no row is ever all -inf, so nothing turns NaN,
-and rows that keep no key are set to zero afterwards.
+Softmax is max-subtracted; no row is ever all -inf, so nothing turns NaN. A row that keeps no
+key sees only zero padding values (window: or is zeroed), so its output is zero, and dP and
+rowsum(dO O) vanish there (window: its dO is dropped): it adds no gradient anywhere.
 bf16/fp16 inputs are computed in float32 and the output cast back. The output may be a strided
-view (B, H, Nq, D) of a slightly longer buffer.
+view (B, H, Nq, D) of a buffer padded to whole tiles, and so may the gradients.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from variants import memory_models, patterns
+from variants import sparse_kernels as kernels
 from variants.contract import SparseSoftmax, Supports, always_available, default_scale
 
 NAME = "sparse"
 PATTERNS = ("window", "bigbird")
-#: Score elements (B * H * tiles * rows * keys) per chunk: big GEMMs, temporaries stay in cache.
-CHUNK_ELEMENTS = 1 << 22
+#: Score elements (pairs * tiles * rows * keys) per chunk: GEMMs big enough, temporaries in cache.
+CHUNK_ELEMENTS = 1 << 19
+#: The same under autograd (forward and backward): fewer, bigger GEMMs; fwd+bwd holds more rows.
+BACKWARD_CHUNK_ELEMENTS = 1 << 21
 #: The extra key feature of padding keys (queries carry 1 there): a hugely negative score.
 PAD_LOGIT = -1e30
-#: Elements of one (b, h) group's q, k or v: their padded copies stay small and get reused.
-GROUP_ELEMENTS = 1 << 23
+#: Elements of one group's q, k or v (at least one (b, h) pair): padded copies stay small.
+GROUP_ELEMENTS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -179,15 +187,31 @@ def expected_peak_bytes(
     b: int, h: int, nq: int, nk: int, d: int, *,
     dtype: torch.dtype, causal: bool, backward: bool, cfg: Config, device: str = "cpu",
 ) -> int:
-    """Forward: O(N) rows plus one chunk of scores (and, for BigBird, gathered key blocks);
-    fwd+bwd (one pass, all saved): four score-sized tensors plus rows and their gradients."""
+    """Rows padded to whole tiles (output and logsumexp; in backward dq, dk, dv too), one
+    group's padded q, k, v (and dO), one chunk's scores twice (backward: and their band
+    gradients), or BigBird's dense global rows of one group if larger; low precision adds
+    float32 copies of q, k, v (backward: of dO too) and the casts back."""
     m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=True)
-    scores = b * h * computed_scores(nq, nk, causal, cfg)
-    if backward:
-        return 4 * scores * m.c + 8 * m.q_rows * m.c
-    chunk = min(scores, CHUNK_ELEMENTS)
-    gathered = 2 * chunk * d // cfg.block if cfg.pattern == "bigbird" else 0
-    return 4 * m.q_rows * m.c + (2 * chunk + gathered) * m.c
+    bs, bh, low = cfg.block, b * h, m.c > m.e
+    if cfg.pattern == "window":
+        q_len = k_len = kernels.window_plan(nq, nk, cfg.window, bs, causal).rows
+    else:
+        q_len, k_len = bs * -(-nq // bs), bs * (-(-nk // bs) + 1)
+    pairs = min(bh, max(1, GROUP_ELEMENTS // max(1, max(nq, nk) * d)))
+    group = pairs * (q_len + 2 * k_len) * (d + 1)  # padded q, k, v of one group
+    budget = BACKWARD_CHUNK_ELEMENTS if backward else CHUNK_ELEMENTS
+    chunk = min(pairs * computed_scores(nq, nk, causal, cfg), budget)  # within a group
+    dense = 0
+    if cfg.pattern == "bigbird":  # global rows: (G, Nk) scores per pair, as many as fit
+        dense = min(cfg.num_global_blocks * bs, nq) * nk
+        dense *= min(pairs, max(1, budget // max(1, dense)))
+    rows = bh * q_len * (d + 1) * m.c + ((m.q_rows + 2 * m.k_rows) * m.c if low else 0)
+    if not backward:
+        return rows + (m.q_rows * m.e if low else 0) + (group + 2 * max(chunk, dense)) * m.c
+    grads = bh * (q_len + 2 * k_len) * d * m.c  # dq, dk, dv buffers
+    casts = (m.q_rows + 2 * m.k_rows) * m.e + m.q_rows * m.c if low else 0
+    work = max(2 * chunk + chunk * d // bs, 3 * dense)  # scores, dS and a band gradient
+    return rows + grads + casts + (group + pairs * q_len * d + work) * m.c
 
 
 unavailable_reason = always_available  # runs wherever SUPPORTS says
@@ -196,47 +220,6 @@ unavailable_reason = always_available  # runs wherever SUPPORTS says
 # ---------------------------------------------------------------- block-wise computation
 # Keys carry one extra feature and queries a matching 1: padding keys get PAD_LOGIT there, so
 # their scores are hugely negative (finite: no NaN) with no per-tile mask. Real keys get 0.
-
-
-def _attend(
-    q: torch.Tensor, kt: torch.Tensor, v: torch.Tensor, scale: float,
-    bias: torch.Tensor | None = None, drop: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """softmax(q kt * scale + bias, masked where drop) v over a batch of (rows, keys) blocks."""
-    if bias is None:
-        scores = torch.baddbmm(kt.new_zeros(()), q, kt, beta=0, alpha=scale)  # (n, T, S)
-    else:
-        scores = torch.baddbmm(bias, q, kt, alpha=scale)  # (n, T, S); bias (T, S) broadcast
-    if drop is not None:  # drop (m, T, S), shared by the leading n / m batch entries
-        scores.unflatten(0, (-1, drop.shape[0])).masked_fill_(drop, torch.finfo(q.dtype).min)
-    return torch.softmax(scores, dim=-1) @ v  # (n, T, D); max-subtracted inside softmax
-
-
-def _tracked(*xs: torch.Tensor) -> bool:
-    """Whether autograd records ops on xs (then chunking saves nothing: all parts are saved)."""
-    return torch.is_grad_enabled() and any(x.requires_grad for x in xs)
-
-
-def _assemble(
-    run: Callable[[int, int], torch.Tensor], n: int, per_item: int, dim: int, *,
-    whole: bool, budget: int = CHUNK_ELEMENTS,
-) -> torch.Tensor:
-    """run(s, e) over range(n) in chunks of about budget / per_item items, joined along dim.
-
-    Parts are copied into one buffer as they come: no list grows and the heap is reused. With
-    ``whole`` (autograd) one part covers everything: slicing autograd views per chunk would cost
-    a full-size zero gradient per chunk in backward, and all parts are saved anyway."""
-    step = max(1, n) if whole else max(1, budget // max(1, per_item))
-    spans = [(s, min(n, s + step)) for s in range(0, n, step)]
-    if len(spans) == 1:
-        return run(0, n)
-    out = None
-    for s, e in spans:
-        part = run(s, e)
-        if out is None:
-            out = part.new_empty((*part.shape[:dim], spans[-1][1], *part.shape[dim + 1:]))
-        out.narrow(dim, s, e - s).copy_(part)
-    return out
 
 
 def pad_feature(scale: float, dtype: torch.dtype) -> float:
@@ -251,55 +234,6 @@ def pad_feature(scale: float, dtype: torch.dtype) -> float:
     return max(-limit, min(limit, PAD_LOGIT / scale))
 
 
-def _flat_keys(
-    x: torch.Tensor, lead: int, count: int, rows: int, tail: int, aug: float | None
-) -> torch.Tensor:
-    """(B, H, N, D) -> flat (B H rows + tail, D [+ 1]): key j < count at row bh rows + lead + j.
-
-    With ``aug`` (keys only) an extra feature holds ``aug`` at padding rows, 0 at real keys.
-    """
-    b, h, _, d = x.shape
-    width = d + int(aug is not None)
-    buf = x.new_zeros(b * h * rows + tail, width)  # (B H rows + tail, D [+ 1])
-    body = buf[: b * h * rows].view(b, h, rows, width)  # (B, H, rows, D [+ 1])
-    body[:, :, lead:lead + count, :d] = x[:, :, :count]
-    if aug is not None:
-        buf[:, d] = aug  # (B H rows + tail,): padding everywhere ...
-        body[:, :, lead:lead + count, d] = 0.0  # ... except at real keys
-    return buf
-
-
-def _window(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float, cfg: Config
-) -> torch.Tensor:
-    """Sliding window: all B H (rows / t) query tiles as one batch against strided key spans."""
-    (b, h, nq, d), nk, w, t = q.shape, k.shape[-2], cfg.window, cfg.block
-    right = 0 if causal else w  # query i sees keys up to i + right
-    span = t + w + right
-    reach = min(nk, nq + right)  # keys beyond reach are seen by no query: left out
-    live = min(nq, nk + w)  # rows live.. see no key
-    # Per (b, h) `rows` rows: w padding, the keys, padding. A live row's band then ends in its
-    # own rows or in the next (b, h)'s leading padding (the last one gets a padding tail).
-    rows = t * -(-max(nq, reach + w, live + right) // t)
-    qt = F.pad(q, (0, 1, 0, rows - nq), value=1.0).view(-1, t, d + 1)  # (n, t, D + 1)
-    pad = pad_feature(scale, k.dtype)
-    kt = _flat_keys(k, w, reach, rows, span - t, pad).unfold(0, span, t)  # (n, D + 1, span)
-    vs = _flat_keys(v, w, reach, rows, span - t, None).unfold(0, span, t).transpose(1, 2)
-    # vs (n, span, D); tile I of a (b, h) covers keys j = I t - w + c, c < span
-    c = torch.arange(span, device=q.device)  # (span,)
-    r = torch.arange(t, device=q.device)[:, None]  # (t, 1)
-    band = torch.zeros(t, span, dtype=q.dtype, device=q.device)  # (t, span)
-    band.masked_fill_((c < r) | (c > r + w + right), -math.inf)  # keep i - w <= j <= i + right
-    def chunk(s: int, e: int) -> torch.Tensor:
-        return _attend(qt[s:e], kt[s:e], vs[s:e], scale, bias=band)  # (m, t, D)
-
-    out = _assemble(chunk, qt.shape[0], t * span, 0, whole=_tracked(q, k, v))  # (n, t, D)
-    out = out.view(b, h, rows, d)[:, :, :nq]  # (B, H, Nq, D)
-    if nq > live:  # rows i >= Nk + w see no key: zeros
-        out = F.pad(out[:, :, :live], (0, 0, 0, nq - live))  # (B, H, Nq, D)
-    return out
-
-
 def _key_lists(table: torch.Tensor, nkb: int) -> torch.Tensor:
     """Per block row, its kept key blocks ascending, padded with the sentinel nkb: (n, kmax)."""
     cols = torch.arange(nkb).expand_as(table)  # (n, nkb)
@@ -307,61 +241,64 @@ def _key_lists(table: torch.Tensor, nkb: int) -> torch.Tensor:
     return ids[:, : max(1, int(table.sum(dim=1).max()))]  # (n, kmax)
 
 
-def _global_rows(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float
-) -> torch.Tensor:
-    """Global query rows see every key (causal: j <= i): one dense (G, Nk) block per (b, h)."""
-    b, h, g, d = q.shape
-    drop = torch.ones(1, g, k.shape[-2], dtype=torch.bool, device=q.device).triu(1)  # (1, G, Nk)
-    kt = k.flatten(0, 1).transpose(1, 2)  # (B H, D, Nk)
-    out = _attend(q.flatten(0, 1), kt, v.flatten(0, 1), scale, drop=drop if causal else None)
-    return out.view(b, h, g, d)  # (B, H, G, D)
-
-
-def _block_rows(
-    qb: torch.Tensor, kb: torch.Tensor, vb: torch.Tensor, ids: torch.Tensor, first: int,
-    causal: bool, scale: float,
-) -> torch.Tensor:
-    """Block rows first.. (qb (BH, m, b, D+1)) against their gathered key blocks: (BH, m, b, D)."""
-    bh, m, bs, _ = qb.shape
-    pos = torch.arange(bs, device=qb.device)  # (b,)
-    kc = kb[:, ids].flatten(0, 1).flatten(1, 2)  # (BH m, K, D + 1), K = kmax b
-    vc = vb[:, ids].flatten(0, 1).flatten(1, 2)  # (BH m, K, D)
-    drop = None
-    if causal:
-        j = (ids[:, :, None] * bs + pos).flatten(1)  # (m, K): key positions
-        i = (first + torch.arange(m, device=qb.device))[:, None] * bs + pos  # (m, b)
-        drop = j[:, None, :] > i[:, :, None]  # (m, b, K)
-    out = _attend(qb.flatten(0, 1), kc.transpose(1, 2), vc, scale, drop=drop)  # (BH m, b, D)
-    return out.view(bh, m, bs, -1)  # (BH, m, b, D)
-
-
-def _bigbird(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float, cfg: Config
-) -> torch.Tensor:
-    """BigBird: dense global query rows, then each block row against its kept key blocks."""
-    (b, h, nq, d), nk, bs = q.shape, k.shape[-2], cfg.block
+def _plan(
+    nq: int, nk: int, causal: bool, cfg: Config, device: torch.device
+) -> kernels.WindowPlan | kernels.BlockPlan:
+    """The kernels' plan: window geometry, or BigBird's global blocks and key block lists."""
+    if cfg.pattern == "window":
+        return kernels.window_plan(nq, nk, cfg.window, cfg.block, causal)
+    bs = cfg.block
     nqb, nkb = -(-nq // bs), -(-nk // bs)
     g = min(cfg.num_global_blocks, nqb)
-    out_g = _global_rows(q[:, :, : g * bs], k, v, causal, scale)  # (B, H, G, D)
-    if g == nqb:
-        return out_g
-    ids = _key_lists(_table(cfg, nqb, nkb)[g:], nkb)  # (n, kmax) on the CPU, sentinel nkb
-    row_ok = ids[:, 0] < nkb  # (n,): False where a block row keeps no key block at all
-    ids = ids.to(q.device)
-    pad = pad_feature(scale, k.dtype)
-    kb = _flat_keys(k, 0, nk, (nkb + 1) * bs, 0, pad).view(b * h, nkb + 1, bs, d + 1)
-    vb = _flat_keys(v, 0, nk, (nkb + 1) * bs, 0, None).view(b * h, nkb + 1, bs, d)
-    qb = F.pad(q[:, :, g * bs:], (0, 1, 0, nqb * bs - nq), value=1.0)  # (B, H, n b, D + 1)
-    qb = qb.view(b * h, nqb - g, bs, d + 1)  # (BH, n, b, D + 1)
-    def chunk(s: int, e: int) -> torch.Tensor:
-        return _block_rows(qb[:, s:e], kb, vb, ids[s:e], g + s, causal, scale)  # (BH, m, b, D)
+    ids = (_key_lists(_table(cfg, nqb, nkb)[g:], nkb) if g < nqb
+           else torch.full((0, 1), nkb))  # (nqb - g, kmax) on the CPU, sentinel nkb
+    return kernels.BlockPlan(nq, nk, bs, g, ids.to(device), causal)
 
-    per_row = b * h * bs * ids.shape[1] * bs  # scores per block row
-    out_b = _assemble(chunk, nqb - g, per_row, 1, whole=_tracked(q, k, v))  # (BH, n, b, D)
-    if not row_ok.all():
-        out_b = out_b * row_ok.to(q.device)[:, None, None]  # empty block rows: zeros
-    return torch.cat([out_g, out_b.view(b, h, -1, d)], dim=2)  # (B, H, nqb b, D)
+
+class _Attention(torch.autograd.Function):
+    """Sparse attention over (B H, N, D) rows; saves q, k, v, out and row logsumexps only."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+        scale: float, cfg: Config,
+    ) -> torch.Tensor:
+        """Output (B H, Nq, D), a view of (B H, rows, D), group by group of (b, h) pairs."""
+        plan = _plan(q.shape[1], k.shape[1], causal, cfg, q.device)
+        run = kernels.window_forward if cfg.pattern == "window" else kernels.bigbird_forward
+        pad = pad_feature(scale, q.dtype)
+        out = q.new_empty(q.shape[0], plan.rows, q.shape[2])  # (B H, rows, D)
+        lse = q.new_empty(q.shape[0], plan.rows)  # (B H, rows)
+        tracked = torch.is_grad_enabled() and any(ctx.needs_input_grad)
+        chunk = BACKWARD_CHUNK_ELEMENTS if tracked else CHUNK_ELEMENTS
+        for s, e in _groups(q, k):
+            run(q[s:e], k[s:e], v[s:e], plan, scale, pad, chunk, out[s:e], lse[s:e])
+        out = out[:, : q.shape[1]]  # (B H, Nq, D)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.plan, ctx.scale, ctx.pattern = plan, scale, cfg.pattern
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, dout: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """dq, dk, dv, recomputing scores chunk by chunk, group by group."""
+        q, k, v, out, lse = ctx.saved_tensors
+        plan, bh = ctx.plan, q.shape[0]
+        run = kernels.window_backward if ctx.pattern == "window" else kernels.bigbird_backward
+        pad = pad_feature(ctx.scale, q.dtype)
+        dq = q.new_empty(bh, plan.rows, q.shape[2])  # (B H, rows, D)
+        dk, dv = (plan.key_buffer(bh, k) for _ in "kv")  # zeroed, laid out like the keys
+        for s, e in _groups(q, k):
+            grads = (dq[s:e], plan.key_part(dk, s, e), plan.key_part(dv, s, e))
+            run(q[s:e], k[s:e], v[s:e], out[s:e], lse[s:e], dout[s:e], plan, ctx.scale, pad,
+                BACKWARD_CHUNK_ELEMENTS, grads)
+        dq = dq[:, : q.shape[1]]  # (B H, Nq, D)
+        return dq, plan.keys(dk, bh), plan.keys(dv, bh), None, None, None
+
+
+def _groups(q: torch.Tensor, k: torch.Tensor) -> list[tuple[int, int]]:
+    """Groups (s, e) of (b, h) pairs, about GROUP_ELEMENTS elements of q, k or v each."""
+    bh, nq, d = q.shape
+    return kernels.spans(bh, max(nq, k.shape[1]) * d, GROUP_ELEMENTS)
 
 
 def attention(
@@ -371,12 +308,7 @@ def attention(
     """Sparse softmax attention: q (B, H, Nq, D), k/v (B, H, Nk, D) -> (B, H, Nq, D)."""
     (b, h, nq, d), nk = q.shape, k.shape[-2]
     work = torch.float32 if q.dtype in (torch.bfloat16, torch.float16) else q.dtype
-    qw, kw, vw = (x.to(work).flatten(0, 1)[None] for x in (q, k, v))  # (1, B H, N, D)
-    run = _window if cfg.pattern == "window" else _bigbird
-    sc = default_scale(d, scale)
-    def group(s: int, e: int) -> torch.Tensor:
-        return run(qw[:, s:e], kw[:, s:e], vw[:, s:e], causal, sc, cfg)[:, :, :nq]  # (1, S, Nq, D)
-
-    out = _assemble(group, b * h, max(nq, nk) * d, 1, whole=_tracked(q, k, v),
-                    budget=GROUP_ELEMENTS)  # (1, B H, Nq, D)
-    return out.reshape(b, h, nq, d).to(q.dtype)  # (B, H, Nq, D)
+    qw = q.to(work).reshape(b * h, nq, d)  # (B H, Nq, D)
+    kw, vw = (x.to(work).reshape(b * h, nk, d) for x in (k, v))  # (B H, Nk, D)
+    out = _Attention.apply(qw, kw, vw, causal, default_scale(d, scale), cfg)  # (B H, Nq, D)
+    return out.view(b, h, nq, d).to(q.dtype)  # (B, H, Nq, D)
