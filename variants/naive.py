@@ -50,6 +50,16 @@ def expected_peak_bytes(
     return memory_models.materialised(m, causal=causal, backward=backward)
 
 
+def bytes_moved(
+    b: int, h: int, nq: int, nk: int, d: int, *,
+    dtype: torch.dtype, causal: bool, backward: bool, cfg: Config, device: str = "cpu",
+) -> int:
+    """Inputs and outputs once plus every pass over the (B, H, Nq, Nk) scores it writes,
+    scales, softmaxes and multiplies (variants/memory_models.py); causal adds its mask."""
+    m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=False)
+    return memory_models.materialised_traffic(m, masked=causal, backward=backward)
+
+
 def causal_keep(nq: int, nk: int, device: torch.device | str) -> torch.Tensor:
     """Top-left causal keep-mask (Nq, Nk): query i sees keys j <= i."""
     return torch.ones(nq, nk, dtype=torch.bool, device=device).tril()
