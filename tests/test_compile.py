@@ -129,3 +129,16 @@ def test_a_graph_break_makes_a_compiled_case_unavailable() -> None:
     is unavailable with dynamo's reason rather than half eager."""
     row = measure(case("sparse@bigbird", True, n=256), QUICK)
     assert row.status == "unavailable" and "cannot capture sparse@bigbird+compile" in row.reason
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("label", ["naive", "memory_efficient", "linear", "sparse",
+                                   "sparse@window", "memory_efficient@small_tiles"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_every_compiled_variant_agrees_with_the_oracle(label: str, causal: bool) -> None:
+    """The oracle checks each compiled pure-PyTorch variant, output and gradients (fwd+bwd),
+    at a shape of several tiles with Nq = Nk not a multiple of them."""
+    c = Case(spec(label), "cpu", "fp32", "fwd+bwd", causal, 1, 2, 200, 200, 16, compile=True)
+    row = measure(c, QUICK)
+    assert row.status == "ok" and row.check_ok is True, row.reason
+    assert row.check_tensor in ("out", "dq", "dk", "dv")
