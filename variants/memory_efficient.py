@@ -151,6 +151,23 @@ def _first_tile(
     return row_max, p.sum(dim=-1, keepdim=True), torch.bmm(p, v_tile)  # (BH, bq, 1|1|D)
 
 
+def _shifted(
+    qs: torch.Tensor, k3: torch.Tensor, rows: Span, cols: Span, causal: bool,
+    buf: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
+    """2^(S - m') of a key tile for m' = max(m, its own row max); the running (row max, row
+    sum, acc) and q's extra column are moved to m' in place (classic online softmax)."""
+    row_max, row_sum, acc = state
+    s = _scores(qs, k3, rows, cols, causal, buf)  # (BH, bq, bk): S - m
+    shift = s.amax(dim=-1, keepdim=True).clamp_(min=0.0)  # (BH, bq, 1)
+    alpha = shift.neg().exp2()  # (BH, bq, 1): rescales the old sums
+    row_sum.mul_(alpha)
+    acc.mul_(alpha)
+    row_max.add_(shift)
+    qs[:, rows[0]:rows[1], -1:] = -row_max
+    return s.sub_(shift).exp2_()  # (BH, bq, bk)
+
+
 def _forward_rows(
     qs: torch.Tensor, k3: torch.Tensor, v3: torch.Tensor, rows: Span, causal: bool,
     block_k: int, buf: torch.Tensor,
@@ -159,7 +176,8 @@ def _forward_rows(
 
     qs and k3 carry an extra column, (-m, 1), so later GEMMs return S - m for the first tile's
     row max m: no max or subtraction pass. A tile whose sum nears overflow is redone with its
-    own max, rescaling what came before."""
+    own max, rescaling what came before; under torch.compile every later tile is (a graph
+    cannot branch on a tensor's value)."""
     i0, i1 = rows
     spans = [cols for cols in _spans(k3.shape[1], block_k) if _visible(rows, cols, causal)]
     qs[:, i0:i1, -1] = 0.0  # the first tile: plain scores
@@ -168,17 +186,12 @@ def _forward_rows(
     qs[:, i0:i1, -1:] = -row_max  # later GEMMs give S - m
     for cols in spans[1:]:
         v_tile = v3[:, cols[0] : cols[1]]  # (BH, bk, D)
-        p = _scores(qs, k3, rows, cols, causal, buf).exp2_()  # (BH, bq, bk): 2^(S - m)
-        tile_sum = p.sum(dim=-1, keepdim=True)  # (BH, bq, 1)
-        if not bool(tile_sum.max() < SUM_LIMIT):  # near overflow (or inf): shift by the max
-            s = _scores(qs, k3, rows, cols, causal, buf)  # (BH, bq, bk): S - m again
-            shift = s.amax(dim=-1, keepdim=True).clamp_(min=0.0)  # (BH, bq, 1)
-            p = s.sub_(shift).exp2_()  # (BH, bq, bk)
-            alpha = shift.neg().exp2_()  # (BH, bq, 1): rescales the old sums
-            row_sum.mul_(alpha)
-            acc.mul_(alpha)
-            row_max.add_(shift)
-            qs[:, i0:i1, -1:] = -row_max
+        # a graph takes no data-dependent branch: compiled, every later tile shifts
+        compiling = torch.compiler.is_compiling()
+        p = None if compiling else _scores(qs, k3, rows, cols, causal, buf).exp2_()  # 2^(S-m)
+        tile_sum = None if p is None else p.sum(dim=-1, keepdim=True)  # (BH, bq, 1)
+        if tile_sum is None or not bool(tile_sum.max() < SUM_LIMIT):  # near overflow (or inf)
+            p = _shifted(qs, k3, rows, cols, causal, buf, (row_max, row_sum, acc))
             tile_sum = p.sum(dim=-1, keepdim=True)  # (BH, bq, 1)
         row_sum.add_(tile_sum)
         acc.baddbmm_(p, v_tile)  # (BH, bq, D)

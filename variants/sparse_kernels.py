@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 
 Grads = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+#: 1 / ln 2: exp(x) = 2^(x LOG2E)
+LOG2E = 1.4426950408889634
 
 
 def spans(n: int, per_item: int, budget: int) -> list[tuple[int, int]]:
@@ -45,10 +47,16 @@ def flat_keys(
     return buf
 
 
+def _exp(x: torch.Tensor) -> torch.Tensor:
+    """exp(x) in place, as 2^(x log2 e): torch's exp2 is several times faster than its exp on
+    this CPU (0.2 against 0.7-1 ns an element), most of all where padding scores -1e30."""
+    return x.mul_(LOG2E).exp2_()
+
+
 def _exp_rows(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """In place scores (n, T, K) -> exp(scores - row max); returns sums (n, T, 1), lse (n, T)."""
     top = scores.amax(dim=-1, keepdim=True)  # (n, T, 1); never -inf: no row is all -inf
-    total = scores.sub_(top).exp_().sum(dim=-1, keepdim=True)  # (n, T, 1)
+    total = _exp(scores.sub_(top)).sum(dim=-1, keepdim=True)  # (n, T, 1)
     return total, (top + total.log()).squeeze(-1)  # (n, T, 1), (n, T)
 
 
@@ -56,7 +64,7 @@ def _probs_and_ds(
     scores: torch.Tensor, lse: torch.Tensor, dp: torch.Tensor, delta: torch.Tensor, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """P = exp(scores - lse) (in place) and dS = P (dP - delta) scale (in dp): (n, T, K) each."""
-    p = scores.sub_(lse[..., None]).exp_()  # (n, T, K)
+    p = _exp(scores.sub_(lse[..., None]))  # (n, T, K)
     return p, dp.sub_(delta[..., None]).mul_(p).mul_(scale)  # (n, T, K)
 
 
