@@ -66,7 +66,7 @@ def test_a_second_writer_is_refused_naming_the_holder(harness_env, tmp_path) -> 
     deadline = time.monotonic() + 120
     while not (out / "rows.jsonl").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    second = sweep(harness_env, "seq_lens=[16,32,64,128,256]", "min_run_time=0.5",
+    second = sweep(harness_env, "seq_lens=[16,32,64,128,256]", "min_run_time=1.5",
                    f"resume={out}")
     first.wait(timeout=300)
     assert second.returncode == 2 and f"being written by pid {first.pid}" in second.stderr
