@@ -67,21 +67,7 @@ def fwd_bwd_id(b: int, n: int) -> str:
 @pytest.mark.parametrize(("b", "n"), FWD_BWD_CASES, ids=[fwd_bwd_id(*c) for c in FWD_BWD_CASES])
 def test_linear_forward_backward(benchmark, b: int, n: int) -> None:
     """Time linear attention's forward and backward; inputs and dout built outside."""
-    variant = variants.get("linear")
-    cfg = variant.config_cls()
-    gen = torch.Generator().manual_seed(0)
-    q, k, v, dout = (torch.randn(b, H, n, D, generator=gen) for _ in range(4))
-    leaves = tuple(t.requires_grad_() for t in (q, k, v))
-    allocator = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
-    benchmark.extra_info.update(variant="linear", mode="fwd+bwd", b=b, n=n,
-                                threads=torch.get_num_threads(), allocator_env=allocator)
-
-    def forward_backward() -> tuple[torch.Tensor, ...]:
-        out = variant.attention(*leaves, causal=False, scale=None, cfg=cfg)
-        return torch.autograd.grad(out, leaves, dout)
-
-    grads = benchmark(forward_backward)
-    assert all(g.shape == (b, H, n, D) and torch.isfinite(g).all() for g in grads)
+    time_forward_backward(benchmark, "linear", "", b, n)
 
 
 SPARSE_FWD_BWD = [(name, preset, b, n) for b, n in ((1, 4096), (4, 4096), (1, 16384))
@@ -97,6 +83,12 @@ def sparse_fwd_bwd_id(name: str, preset: str, b: int, n: int) -> str:
                          ids=[sparse_fwd_bwd_id(*c) for c in SPARSE_FWD_BWD])
 def test_sparse_forward_backward(benchmark, name: str, preset: str, b: int, n: int) -> None:
     """Time fwd+bwd of sdpa and the sparse presets (the sparse targets); inputs built outside."""
+    time_forward_backward(benchmark, name, preset, b, n)
+
+
+def time_forward_backward(benchmark, name: str, preset: str, b: int, n: int) -> None:
+    """Time ``torch.autograd.grad`` of a variant spec over q, k, v with a given dout; inputs
+    and dout are built outside the timed function."""
     variant = variants.get(name)
     cfg = variant.presets[preset] if preset else variant.config_cls()
     gen = torch.Generator().manual_seed(0)
@@ -122,7 +114,7 @@ ME_FWD_BWD = [("memory_efficient", "", b, 4096) for b in (1, 4)]
 def test_memory_efficient_forward_backward(benchmark, name: str, preset: str, b: int,
                                            n: int) -> None:
     """memory_efficient's fwd+bwd, timed as the sdpa fwd+bwd cases above it is compared to."""
-    test_sparse_forward_backward(benchmark, name, preset, b, n)
+    time_forward_backward(benchmark, name, preset, b, n)
 
 
 FWD_B4 = [("sdpa", 4096), ("memory_efficient", 4096)]
