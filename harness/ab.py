@@ -39,7 +39,7 @@ TREES = REPO / ".ab-trees"  # git-ignored: detached worktrees of the revisions m
 USAGE_ERROR = 2
 #: sweep fields that pin one case; a re-measure command sets them all
 CASE_FIELDS = ("variants", "device", "dtypes", "modes", "causal", "batch_sizes", "seq_lens",
-               "heads", "head_dim")
+               "heads", "head_dim", "decode_tokens", "decode_contexts")
 
 
 class AbError(RuntimeError):
@@ -201,7 +201,9 @@ def case_overrides(v: Verdict) -> list[str]:
     return [f'variants=["{v.variant}"]', f"device={k['device']}", f"dtypes=[{k['dtype']}]",
             f"modes=[{k['mode']}]", f"causal=[{str(k['causal']).lower()}]",
             f"batch_sizes=[{k['b']}]", f"seq_lens=[{k['nq']}]", f"heads={k['h']}",
-            f"head_dim={k['d']}"]
+            f"head_dim={k['d']}",
+            *([f"decode_tokens=[{k['new_tokens']}]", f"decode_contexts=[{k['nq']}]"]
+              if k.get("new_tokens") else [])]
 
 
 def ab_command(sides: list[Side], overrides: list[str]) -> list[str]:

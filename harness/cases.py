@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.specs import VariantSpec
-from harness.vocab import MODES, case_key, compiled_label
+from harness.vocab import BACKWARD_MODES, DECODE, MODES, case_key, compiled_label
 from variants.contract import Shape
 
 
@@ -26,10 +26,16 @@ class Case:
     nk: int
     d: int
     compile: bool = False  # run the variant through torch.compile (Supports.compile)
+    new_tokens: int = 0  # decode: tokens per step after a cached context of nq = nk = N
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
+        if (self.mode == DECODE) != (self.new_tokens >= 1):
+            raise ValueError(f"new_tokens must be >= 1 for mode decode and 0 otherwise, got "
+                             f"{self.new_tokens!r} for mode {self.mode!r}")
+        if self.mode == DECODE and not (self.causal and self.nq == self.nk):
+            raise ValueError("a decode case is causal with nq == nk (the cached context)")
         for name in ("b", "h", "nq", "nk", "d"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
@@ -42,7 +48,7 @@ class Case:
     @property
     def backward(self) -> bool:
         """Whether the mode includes a backward pass."""
-        return self.mode != "fwd"
+        return self.mode in BACKWARD_MODES
 
     @property
     def variant(self) -> str:

@@ -72,6 +72,8 @@ class MeasureConf:
     heads: int = 8
     head_dim: int = 64
     seq_lens: list[int] = field(default_factory=lambda: [1024])
+    decode_tokens: list[int] = field(default_factory=lambda: [1])  # modes=[decode]: t a step
+    decode_contexts: list[int] = field(default_factory=list)  # decode's N; empty: seq_lens
     min_run_time: float = MeasureSettings.min_run_time
     min_samples: int = MeasureSettings.min_samples
     threads: int = MeasureSettings.threads
@@ -89,8 +91,10 @@ class MeasureConf:
         choices("modes", self.modes, MODES)
         choices("causal", self.causal, (False, True))
         choices("compile", self.compile, (False, True))
-        for name in ("batch_sizes", "seq_lens"):
+        for name in ("batch_sizes", "seq_lens", "decode_tokens"):
             positive_ints(name, getattr(self, name))
+        if self.decode_contexts:
+            positive_ints("decode_contexts", self.decode_contexts)
         for name in ("heads", "head_dim"):
             positive_ints(name, [getattr(self, name)])
         positive_timeout(self.timeout_s)
@@ -161,6 +165,8 @@ class GridSettings:
     heads: int
     head_dim: int
     seq_lens: tuple[int, ...]
+    decode_tokens: tuple[int, ...]  # decode cases: new tokens a step
+    decode_contexts: tuple[int, ...]  # decode cases: the cached context N
     measure: MeasureSettings
     timeout_s: float
     worker_env: dict[str, str]  # the allocator's environment for the supervised workers
@@ -316,6 +322,8 @@ def grid_settings(conf: MeasureConf) -> GridSettings:
         heads=conf.heads,
         head_dim=conf.head_dim,
         seq_lens=tuple(conf.seq_lens),
+        decode_tokens=tuple(dict.fromkeys(conf.decode_tokens)),
+        decode_contexts=tuple(conf.decode_contexts or conf.seq_lens),
         measure=conf.measure_settings(),
         timeout_s=conf.timeout_s,
         worker_env=_allocator_env(conf.allocator),

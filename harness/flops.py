@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from harness.timing import Timing, cuda_time, time_callable
-from harness.vocab import DENSE_MASK_FLOPS
+from harness.vocab import DECODE, DENSE_MASK_FLOPS
 from variants.contract import DTYPES, LinearAttention, Semantics, SoftmaxAttention, SparseSoftmax
 
 BACKWARD_FACTOR = {"softmax": 2.5, "sparse": 2.5, "linear": 2.0}
@@ -57,8 +57,14 @@ def flops_convention(semantics: Semantics, causal: bool) -> str:
 
 
 def mode_flops(semantics: Semantics, mode: str, b: int, h: int, nq: int, nk: int, d: int,
-               causal: bool) -> int:
-    """FLOPs of the mode: fwd, bwd (factor x fwd) or fwd+bwd."""
+               causal: bool, new_tokens: int = 0) -> int:
+    """FLOPs of the mode: fwd, bwd (factor x fwd), fwd+bwd, or a decode step: the last
+    ``new_tokens`` rows of causal attention over nk + new_tokens tokens (for linear attention
+    the state's update and reads, 4 t D^2 per head)."""
+    if mode == DECODE:
+        longer, n = nk + new_tokens, nk
+        return (forward_flops(semantics, b, h, longer, longer, d, True)
+                - forward_flops(semantics, b, h, n, n, d, True))
     fwd = forward_flops(semantics, b, h, nq, nk, d, causal)
     bwd = round(BACKWARD_FACTOR[semantics.kind] * fwd)
     return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[mode]

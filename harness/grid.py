@@ -12,7 +12,7 @@ import pandas as pd
 from harness.cases import Case
 from harness.config import GridSettings
 from harness.rows import Row
-from harness.vocab import Status, describe
+from harness.vocab import DECODE, Status, describe
 
 TABLE_COLUMNS = {
     "label": "variant", "dtype": "dtype", "mode": "mode", "causal": "causal", "b": "B",
@@ -24,12 +24,16 @@ TABLE_COLUMNS = {
 
 
 def cases(s: GridSettings) -> Iterator[Case]:
-    """Every combination of the grid's axes, variants outermost, eager before compiled."""
-    axes = itertools.product(s.specs, s.compile, s.dtypes, s.modes, s.causal, s.batch_sizes,
-                             s.seq_lens)
-    for spec, compiled, dtype, mode, causal, b, n in axes:
-        yield Case(spec, s.device, dtype, mode, causal, b, s.heads, n, n, s.head_dim,
-                   compile=compiled)
+    """Every combination of the grid's axes, variants outermost, eager before compiled.
+    Decode cases take their own axes (decode_tokens, decode_contexts) and are causal."""
+    for spec, compiled, dtype, mode in itertools.product(s.specs, s.compile, s.dtypes, s.modes):
+        if mode == DECODE:
+            axes = itertools.product([True], s.batch_sizes, s.decode_contexts, s.decode_tokens)
+        else:
+            axes = itertools.product(s.causal, s.batch_sizes, s.seq_lens, [0])
+        for causal, b, n, tokens in axes:
+            yield Case(spec, s.device, dtype, mode, causal, b, s.heads, n, n, s.head_dim,
+                       compile=compiled, new_tokens=tokens)
 
 
 def measure_grid(s: GridSettings, progress: TextIO = sys.stderr) -> list[Row]:

@@ -29,13 +29,14 @@ from harness.allocator import in_effect
 from harness.cases import Case
 from harness.compiled import CompiledVariant, compile_settings, compile_timings, compiled_variant
 from harness.config import MeasureSettings
+from harness.decode import check_decode, step_call, step_io_bytes
 from harness.flops import current_roof, flops_convention, mode_flops
 from harness.memory import MIB, peak_bytes
 from harness.oracle import Agreement, Shape, check_agreement, make_inputs
 from harness.roofline import roofline_fields, traffic_fields
 from harness.rows import Row
 from harness.timing import Attention, cuda_time, l2_flusher, time_callable, timed_callable
-from harness.vocab import Status
+from harness.vocab import DECODE, DECODE_BYTES, Status
 from variants.contract import DTYPES, Unavailable, Variant
 
 MEMORY_DEVICES = ("cpu", "cuda")  # where harness/memory.py can measure peaks
@@ -67,6 +68,7 @@ def base_row(case: Case) -> Row:
         key=case.key(), variant=case.variant, label=case.label, config=case.config,
         device=case.device, dtype=case.dtype, mode=case.mode, causal=case.causal,
         b=case.b, h=case.h, nq=case.nq, nk=case.nk, d=case.d, compile=case.compile,
+        new_tokens=case.new_tokens,
         status=Status.OK,
         extra={"definition": case.spec.variant.definition(case.spec.cfg),
                "config_diff": {k: v for k, v in case.config.items() if defaults.get(k) != v},
@@ -114,11 +116,9 @@ def _attention_fn(case: Case, variant: Variant | CompiledVariant) -> Attention:
     return attention
 
 
-def _time(case: Case, s: MeasureSettings, threads: int, fn: Attention) -> dict[str, Any]:
-    """Time the case's mode; inputs are made before the timed callable exists."""
-    q, k, v, dout = make_inputs(case.shape, dtype=DTYPES[case.dtype], device=case.device,
-                                seed=s.seed)
-    run = timed_callable(fn, q, k, v, dout, case.mode)
+def _time(case: Case, s: MeasureSettings, threads: int, run: Callable[[], object]
+          ) -> dict[str, Any]:
+    """Time ``run``, whose inputs were made before it existed."""
     # one untimed call first: a cold first call (lazy init, allocator growth) would otherwise
     # set blocked_autorange's block size, and with it which regime the blocks measure
     if case.device.startswith("cuda"):
@@ -140,6 +140,13 @@ def _time(case: Case, s: MeasureSettings, threads: int, fn: Attention) -> dict[s
         "median_ms": t.median_s * 1e3, "iqr_ms": t.iqr_s * 1e3, "samples": t.samples,
         "number_per_run": t.number_per_run, "timer": timer, "minor_faults_per_call": faults,
     }
+
+
+def _mode_call(case: Case, s: MeasureSettings, fn: Attention) -> Callable[[], object]:
+    """The case's mode as one call; inputs are made before the callable exists."""
+    q, k, v, dout = make_inputs(case.shape, dtype=DTYPES[case.dtype], device=case.device,
+                                seed=s.seed)
+    return timed_callable(fn, q, k, v, dout, case.mode)
 
 
 def minor_faults() -> int:
@@ -218,8 +225,42 @@ def _failure(row: Row, exc: BaseException) -> Row:
     return replace(row, status=Status.ERROR, reason=f"{type(exc).__name__}: {exc}\n{tail}")
 
 
+def _measure_decode(case: Case, s: MeasureSettings, row: Row) -> Row:
+    """A decode case: the oracle's check of a step and its cache, the timed step, its peak
+    above its inputs and the cache's size (exceptions go to the caller)."""
+    threads, variant = s.threads or torch.get_num_threads(), case.spec.variant
+    step_shape = Shape(case.b, case.h, case.new_tokens, case.nk + case.new_tokens, case.d)
+    kernels = variant.dispatched(step_shape, device=case.device, dtype=DTYPES[case.dtype],
+                                 causal=False, backward=False, cfg=case.spec.cfg)
+    if kernels:  # t new queries against every key: no causal flag (a mask for t > 1)
+        row = replace(row, extra={**row.extra, "kernel": kernels})
+    if s.check:
+        agreement, shape = check_decode(case, variant, s.check_max_scores, s.seed)
+        row = replace(row, **_agreement_fields(agreement, shape))
+    run, cache_bytes = step_call(case, variant, s.seed)
+    timed = _time(case, s, threads, run)
+    timer = timed.pop("timer")
+    row = replace(row, **timed, cache_mib=cache_bytes / MIB,
+                  extra={**row.extra, "timer": timer, "allocator": in_effect()})
+    if s.memory and case.device.split(":")[0] in MEMORY_DEVICES:
+        row = replace(row, peak_fwd_mib=peak_bytes(run, case.device) / MIB)
+    moved = step_io_bytes(case, cache_bytes)
+    flops = mode_flops(case.spec.variant.computes(case.spec.cfg), case.mode, case.b, case.h,
+                       case.nq, case.nk, case.d, True, case.new_tokens)
+    seconds = row.median_ms * 1e-3 if row.median_ms else None
+    row = replace(row, flops=flops, bytes_moved=moved,
+                  gflops=flops / seconds / 1e9 if seconds else None,
+                  gib_s=moved / seconds / 2**30 if seconds else None,
+                  extra={**row.extra, "bytes_convention": DECODE_BYTES})
+    if s.roof:
+        row = replace(row, **_roof(case, row, threads))
+    return replace(row, status=Status.MISMATCH if row.check_ok is False else Status.OK)
+
+
 def _measure(case: Case, s: MeasureSettings, row: Row) -> Row:
     """Every measurement of an available case, in order (exceptions go to the caller)."""
+    if case.mode == DECODE:
+        return _measure_decode(case, s, row)
     threads = s.threads or torch.get_num_threads()
     variant = compiled_variant(case) if case.compile else case.spec.variant
     fn = _attention_fn(case, variant)
@@ -232,7 +273,7 @@ def _measure(case: Case, s: MeasureSettings, row: Row) -> Row:
         row = replace(row, extra={**row.extra, **compile_timings(case, s, fn)})
     if s.check:
         row = replace(row, **_check(case, s, variant))
-    timed = _time(case, s, threads, fn)
+    timed = _time(case, s, threads, _mode_call(case, s, fn))
     timer = timed.pop("timer")
     row = replace(row, **timed, extra={**row.extra, "timer": timer, "allocator": in_effect()})
     if s.memory and case.device.split(":")[0] in MEMORY_DEVICES:
@@ -248,6 +289,11 @@ def _measure(case: Case, s: MeasureSettings, row: Row) -> Row:
 def unavailable_reason(case: Case) -> str | None:
     """Why the case cannot run here (the variant's SUPPORTS and its own reason), or None."""
     variant = case.spec.variant
+    if case.mode == DECODE and case.compile:
+        return ("compile=true compiles a variant's attention(), not its decode step: decode "
+                "cases run eagerly (compile=[false])")
+    if case.mode == DECODE and variant.decode_reason(case.spec.cfg):
+        return variant.decode_reason(case.spec.cfg)
     if case.compile and not variant.supports.compile:
         return (f"{variant.name} has no compiled mode: compile=true applies to variants "
                 f"written in plain PyTorch ops (Supports.compile), not to a library's kernel "

@@ -151,7 +151,7 @@ def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.to(torch.float64) - b).abs().max().item() if b.numel() else 0.0
 
 
-def _compare(
+def compare_tensor(
     name: str, got: torch.Tensor, golden: torch.Tensor, lowp: torch.Tensor, stats_rel: float
 ) -> TensorCheck:
     """One tensor's errors against golden, with the data-derived allowance."""
@@ -184,12 +184,12 @@ def check_agreement(
     golden = _forward_backward(ref_fn, inputs, torch.float64, backward)
     lowp = _forward_backward(ref_fn, inputs, dtype, backward)
     got = _forward_backward(var_fn, inputs, dtype, backward)
-    stats_rel = _stats_conditioning(semantics, inputs, dtype, scale)
-    checks = tuple(_compare(n, got[n], golden[n], lowp[n], stats_rel) for n in golden)
+    stats_rel = stats_conditioning(semantics, inputs, dtype, scale)
+    checks = tuple(compare_tensor(n, got[n], golden[n], lowp[n], stats_rel) for n in golden)
     return Agreement(checks, _err_vs_softmax(semantics, inputs, got["out"], causal, scale))
 
 
-def _stats_conditioning(
+def stats_conditioning(
     semantics: Semantics, inputs: tuple[torch.Tensor, ...], dtype: torch.dtype,
     scale: float | None,
 ) -> float:

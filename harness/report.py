@@ -34,6 +34,7 @@ from harness.report_text import (
 from harness.results import ResultSet, load
 from harness.rows import Row
 from harness.store import StoreError
+from harness.vocab import DECODE
 
 USAGE_ERROR = 2
 
@@ -50,7 +51,8 @@ def pivot(rows: list[Row], value: str, notes: Footnotes) -> list[str]:
         line = []
         for n in ns:
             r = cells.get((label, b, n))
-            number = None if r is None else (r.median_ms if value == "time" else peak_mib(r))
+            number = None if r is None else {"time": r.median_ms, "memory": peak_mib(r),
+                                              "cache": r.cache_mib}[value]
             line.append("" if r is None else cell(r, number, notes))
         body.append([name, *line])
     head = ["variant" + (", B" if several_b else ""), *(f"N={n}" for n in ns)]
@@ -84,6 +86,9 @@ def section(view: FigureView, notes: Footnotes, fig_dir: Path) -> list[str]:
              *pivot(view.rows, "time", notes), "",
              "Peak memory above the inputs (MiB) for this mode:", "",
              *pivot(view.rows, "memory", notes), ""]
+    if view.setting is not None and view.setting.mode == DECODE:
+        lines += ["Cache the step reads (MiB; N is the cached context):", "",
+                  *pivot(view.rows, "cache", notes), ""]
     for kind in registered("setting"):
         lines += [figure_line(kind, view, fig_dir), ""]
     return lines

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from harness.rows import Row
-from harness.vocab import DENSE_MASK_FLOPS, MEASURED, Status, describe
+from harness.vocab import BACKWARD_MODES, DENSE_MASK_FLOPS, MEASURED, Status, describe
 
 #: how a table cell or heatmap shows a status that has no number
 CELL_STATUS: dict[Status, str] = {
@@ -37,6 +37,7 @@ class Setting:
     causal: bool
     h: int
     d: int
+    new_tokens: int = 0  # decode: tokens a step (a setting of its own per t)
 
     def title(self) -> str:
         """``cpu fp32 fwd causal H=8 D=64``: the project's words for a setting."""
@@ -46,7 +47,7 @@ class Setting:
         """A file-name fragment: ``cpu_fp32_fwd-bwd_causal_H8_D64``; whatever the rows say,
         only letters, digits, '.', '_' and '-' (a crafted device cannot name a path)."""
         mask = "causal" if self.causal else "full"
-        mode = self.mode.replace("+", "-")
+        mode = self.mode.replace("+", "-") + (f"-t{self.new_tokens}" if self.new_tokens else "")
         return safe_name(f"{self.device}_{self.dtype}_{mode}_{mask}_H{self.h}_D{self.d}")
 
 
@@ -58,7 +59,7 @@ def safe_name(text: str) -> str:
 
 def setting_of(row: Row) -> Setting:
     """The setting a row belongs to."""
-    return Setting(row.device, row.dtype, row.mode, row.causal, row.h, row.d)
+    return Setting(row.device, row.dtype, row.mode, row.causal, row.h, row.d, row.new_tokens)
 
 
 def group(rows: Iterable[Row]) -> dict[Setting, list[Row]]:
@@ -70,13 +71,14 @@ def group(rows: Iterable[Row]) -> dict[Setting, list[Row]]:
 
 
 def peak_mib(row: Row) -> float | None:
-    """The peak of the row's own mode: forward peak for fwd, forward+backward otherwise."""
-    return row.peak_fwd_mib if row.mode == "fwd" else row.peak_fwd_bwd_mib
+    """The peak of the row's own mode: forward+backward for modes with a backward, the
+    forward (or decode step) peak otherwise."""
+    return row.peak_fwd_bwd_mib if row.mode in BACKWARD_MODES else row.peak_fwd_mib
 
 
 def expected_mib(row: Row) -> float | None:
     """The memory model's peak for the row's mode."""
-    return row.expected_fwd_mib if row.mode == "fwd" else row.expected_fwd_bwd_mib
+    return row.expected_fwd_bwd_mib if row.mode in BACKWARD_MODES else row.expected_fwd_mib
 
 
 def quartiles(row: Row) -> tuple[float, float] | None:

@@ -33,6 +33,7 @@ class Row:
     d: int
     status: str  # a harness.vocab.Status
     compile: bool = False  # identity, added after schema 1: run through torch.compile
+    new_tokens: int = 0  # identity, added after schema 1: decode's tokens per step (else 0)
     reason: str = ""
     schema: int = SCHEMA_VERSION
     # time
@@ -62,6 +63,7 @@ class Row:
     peak_fwd_bwd_mib: float | None = None
     expected_fwd_mib: float | None = None
     expected_fwd_bwd_mib: float | None = None
+    cache_mib: float | None = None  # decode: the cache the step reads (KV, window or state)
     # agreement with the float64 oracle
     check_ok: bool | None = None
     check_shape: str = ""  # the shape checked (the case's own, or a smaller one)

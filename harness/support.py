@@ -3,9 +3,10 @@ not, generated from the variants' declarations (``SUPPORTS``, ``unavailable_reas
 compile rule) through the same function that decides a case's ``unavailable`` status
 (``measure.unavailable_reason``), so the matrix cannot disagree with what a sweep records.
 
-Scenarios so far: ``forward`` (prefill, no mask), ``causal``, ``backward`` (fwd+bwd) and
-``compile`` (``compile=true``). The sweep writes the matrix of its grid into the manifest;
-``python -m harness support`` prints it for any preset; the report shows the run's.
+Scenarios so far: ``forward`` (prefill, no mask), ``causal``, ``backward`` (fwd+bwd),
+``compile`` (``compile=true``) and ``decode`` (a step against a cache, ``mode=decode``).
+The sweep writes the matrix of its grid into the manifest; ``python -m harness support``
+prints it for any preset; the report shows the run's.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from harness.cases import Case
 from harness.measure import unavailable_reason
 from harness.specs import VariantSpec
+from harness.vocab import DECODE
 
 #: scenario -> (mode, causal, compile) of the case that stands for it
 SCENARIOS: dict[str, tuple[str, bool, bool]] = {
@@ -25,6 +27,7 @@ SCENARIOS: dict[str, tuple[str, bool, bool]] = {
     "causal": ("fwd", True, False),
     "backward": ("fwd+bwd", False, False),
     "compile": ("fwd", False, True),
+    "decode": ("decode", True, False),
 }
 
 
@@ -42,7 +45,8 @@ class Support:
 def probe(spec: VariantSpec, device: str, dtype: str, scenario: str) -> Case:
     """The (tiny) case that stands for a scenario: its availability is the cell's."""
     mode, causal, compiled = SCENARIOS[scenario]
-    return Case(spec, device, dtype, mode, causal, 1, 1, 16, 16, 16, compile=compiled)
+    return Case(spec, device, dtype, mode, causal, 1, 1, 16, 16, 16, compile=compiled,
+                new_tokens=int(mode == DECODE))
 
 
 def support_matrix(specs: Iterable[VariantSpec], devices: Iterable[str],

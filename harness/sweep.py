@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from harness.cases import Case
 from harness.config import SweepSettings
+from harness.decode import predicted_step_bytes
 from harness.doctor import summary as doctor_summary
 from harness.fingerprint import fingerprint
 from harness.flops import measure_roof
@@ -39,7 +40,7 @@ from harness.rows import Row
 from harness.rundir import FREE_KEYS
 from harness.store import RunStore, StoreError, iter_status_counts, measured_machine
 from harness.support import as_records, support_matrix
-from harness.vocab import BUDGET_PREFIX, MEASURED, PACE_PREFIX, Status
+from harness.vocab import BUDGET_PREFIX, DECODE, MEASURED, PACE_PREFIX, Status
 from harness.worker import Supervisor
 from variants.contract import DTYPES
 
@@ -61,7 +62,10 @@ def free_bytes(device: str) -> int:
 
 
 def predicted_bytes(case: Case) -> int | None:
-    """The memory model's peak for the case plus its inputs (q, k, v, dout), or None."""
+    """The memory model's peak for the case plus its inputs (q, k, v, dout), or None; for a
+    decode case, its context drawn and cached."""
+    if case.mode == DECODE:
+        return predicted_step_bytes(case)
     model = case.spec.variant.expected_peak_bytes(
         case.b, case.h, case.nq, case.nk, case.d, dtype=DTYPES[case.dtype],
         causal=case.causal, backward=case.backward, cfg=case.spec.cfg, device=case.device,

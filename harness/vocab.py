@@ -48,8 +48,18 @@ DENSE_MASK_FLOPS = "all pairs (dense mask)"
 #: implementation moves (harness/roofline.py): its GiB/s and roofline efficiency are lower bounds
 IO_ONLY_BYTES = "inputs read once, outputs written once (no model of the variant's own)"
 
-#: what is timed: the forward call, the backward call alone, or both
-MODES: tuple[str, ...] = ("fwd", "bwd", "fwd+bwd")
+#: a decode row's bytes convention: what any step must move at least
+DECODE_BYTES = ("the cache read once; the step's q, k, v read, its k, v cached and its output "
+                "written once")
+
+#: what is timed: the forward call, the backward call alone, both, or one decode step (t new
+#: tokens against a cache of the N before them; variants/decoding.py)
+MODES: tuple[str, ...] = ("fwd", "bwd", "fwd+bwd", "decode")
+#: the modes whose timed call includes a backward pass
+BACKWARD_MODES: frozenset[str] = frozenset({"bwd", "fwd+bwd"})
+#: the mode that times a decode step: nq = nk = N is the cached context, ``new_tokens`` (>= 1)
+#: the queries of the step, causal over context and new tokens
+DECODE = "decode"
 
 #: the fields that identify a case across runs (those of row schema 1); ``label`` (the spec
 #: as written) is not among them: ``sdpa`` and ``sdpa:backend=auto`` are one case
@@ -61,6 +71,7 @@ IDENTITY: tuple[str, ...] = (
 #: existed (all at the default) keeps its key, and old run directories and baselines match
 LATER_IDENTITY: Mapping[str, Any] = {
     "compile": False,  # run through torch.compile (harness/measure.py)
+    "new_tokens": 0,  # decode: new tokens per step (>= 1); 0 for every other mode
 }
 
 #: what a compiled case's label ends with (``naive+compile``): tables, legends and compare,
@@ -96,13 +107,21 @@ def describe(case: Any, style: Style = "text") -> str:
     B or N).
     """
     mask = "causal" if case.causal else "full"
+    mode = mode_words(case)
     if style == "setting":
-        return f"{case.device} {case.dtype} {case.mode} {mask} H={case.h} D={case.d}"
+        return f"{case.device} {case.dtype} {mode} {mask} H={case.h} D={case.d}"
     if style == "id":
         n = f"N{case.nq}" if case.nq == case.nk else f"N{case.nq}x{case.nk}"
-        return f"{case.label}[{case.dtype}-{case.mode}-{mask}-B{case.b}-H{case.h}-{n}-D{case.d}]"
+        return (f"{case.label}[{case.dtype}-{mode.replace(' ', '')}-{mask}-B{case.b}-H{case.h}-"
+                f"{n}-D{case.d}]")
     if not case.mode:  # a foreign pytest-benchmark entry: it has a name and nothing else
         return case.label
     n = f"N={case.nq}" if case.nq == case.nk else f"Nq={case.nq} Nk={case.nk}"
-    return (f"{case.label} {case.device} {case.dtype} {case.mode} {mask} B={case.b} "
+    return (f"{case.label} {case.device} {case.dtype} {mode} {mask} B={case.b} "
             f"H={case.h} {n} D={case.d}")
+
+
+def mode_words(case: Any) -> str:
+    """The mode as shown: ``fwd``, ``fwd+bwd``, or ``decode t=4`` (t new tokens a step)."""
+    tokens = getattr(case, "new_tokens", 0)
+    return f"{case.mode} t={tokens}" if case.mode == DECODE else case.mode

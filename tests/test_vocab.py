@@ -44,4 +44,4 @@ def test_describe_is_the_one_way_a_case_reads() -> None:
 def test_statuses_are_plain_strings_in_rows() -> None:
     """A Status is its string: rows written before the enum read the same."""
     assert Status.OK == "ok" and json.dumps({"s": Status.OOM}) == '{"s": "oom"}'
-    assert {"ok", "mismatch"} == MEASURED and MODES == ("fwd", "bwd", "fwd+bwd")
+    assert {"ok", "mismatch"} == MEASURED and MODES == ("fwd", "bwd", "fwd+bwd", "decode")

@@ -31,6 +31,15 @@ A variant is one module ``variants/<NAME>.py`` (found by name: variants/__init__
   something else under the same name and config (a different algorithm, not a faster one):
   ``harness compare`` then calls old and new results "not comparable" instead of reading the
   change as a speed-up or a regression. Each row records ``Variant.definition(cfg)``.
+- optional decode form (``mode=decode``; ``variants/decoding.py`` has the caches):
+  ``prefill(k, v, *, capacity, cfg) -> cache`` builds the cache from a prefix's k, v
+  (B, H, L, D) with room for ``capacity`` positions (not timed); ``decode(q, k, v, cache, *,
+  scale, cfg) -> (out, cache)`` attends t new queries (B, H, t, D) to the cache and the t new
+  keys, causally, and returns the output and the cache after the step, leaving the given
+  cache as it was (so a step can be timed again and again). A cache has ``nbytes()`` and
+  ``state()`` (its logical tensors, which the oracle compares with the cache built from the
+  longer prefix). ``decode_unavailable(cfg) -> str | None`` may refuse a config; a variant
+  without ``decode`` is unavailable for decode, and its rows say so.
 
 Causal masking is top-left aligned everywhere in this project: query i sees keys j <= i,
 whatever Nq and Nk are. A query row that sees no key at all (possible only with sparse
@@ -275,6 +284,25 @@ class Variant:
             return {}
         return dict(fn(shape, device=device, dtype=dtype, causal=causal, backward=backward,
                        cfg=cfg))
+
+    def decode_reason(self, cfg: Any) -> str | None:
+        """Why this variant has no decode step under ``cfg``, or None when it has one."""
+        if not callable(getattr(self.module, "decode", None)):
+            return f"{self.name} declares no decode form (no decode() in its module)"
+        refuse = getattr(self.module, "decode_unavailable", None)
+        return refuse(cfg) if refuse is not None else None
+
+    def prefill(self, k: torch.Tensor, v: torch.Tensor, *, capacity: int, cfg: Any) -> Any:
+        """The variant's decode cache of a prefix k, v (B, H, L, D), room for ``capacity``."""
+        return self.module.prefill(k, v, capacity=capacity, cfg=cfg)
+
+    def decode(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: Any, *,
+        scale: float | None, cfg: Any,
+    ) -> tuple[torch.Tensor, Any]:
+        """One decode step: q, k, v (B, H, t, D) of t new tokens against ``cache`` ->
+        (out (B, H, t, D), the cache after the step)."""
+        return self.module.decode(q, k, v, cache, scale=scale, cfg=cfg)
 
     def unavailable_reason(
         self, device: str, dtype: torch.dtype, *, causal: bool, backward: bool, cfg: Any

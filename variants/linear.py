@@ -33,6 +33,7 @@ from torch.autograd.function import once_differentiable
 
 from variants import memory_models
 from variants.contract import LinearAttention, Supports, always_available
+from variants.decoding import nbytes
 
 NAME = "linear"
 #: Row blocks hold about this many values per (B, H, rows, D) temporary (2 MiB in fp32), far
@@ -415,3 +416,45 @@ def attention(
     if tracked:
         return _NonCausal.apply(q, k, v, cfg.eps)
     return _noncausal_forward(q, k, v, cfg.eps)[0]
+
+
+@dataclass(frozen=True)
+class State:
+    """The decode cache of causal linear attention: S = sum_j phi(k_j) v_j^T (B, H, D, Dv)
+    and z = sum_j phi(k_j) (B, H, D) over the ``length`` positions seen: O(1) in the context."""
+
+    s: torch.Tensor
+    z: torch.Tensor
+    length: int
+
+    def nbytes(self) -> int:
+        """Bytes held: D x (Dv + 1) per head, whatever the context."""
+        return nbytes(self.s, self.z)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The logical contents, for the oracle."""
+        return {"s": self.s, "z": self.z}
+
+
+def prefill(k: torch.Tensor, v: torch.Tensor, *, capacity: int, cfg: Config = Config()
+            ) -> State:
+    """The state of a prefix k, v (B, H, L, D), summed in row blocks (capacity is unused)."""
+    s_, z = _state(k, v, _work_dtype(k.dtype))
+    return State(s_, z, k.shape[-2])
+
+
+def decode(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: State, *,
+    scale: float | None = None, cfg: Config = Config(),
+) -> tuple[torch.Tensor, State]:
+    """t new tokens (B, H, t, D): each reads the state, plus the new keys up to itself
+    (a (t, t) lower-triangular product); the state gains the new keys. O(t D Dv) per head,
+    independent of the context's length."""
+    work = _work_dtype(q.dtype)
+    fq, fk, vw = feature_map(q.to(work)), feature_map(k.to(work)), v.to(work)  # (B, H, t, D)
+    a = (fq @ fk.transpose(-2, -1)).tril_()  # (B, H, t, t): new key j <= new query i
+    num = fq @ cache.s + a @ vw  # (B, H, t, Dv)
+    den = _dot(fq, cache.z).add_(a.sum(dim=-1, keepdim=True)).add_(cfg.eps)  # (B, H, t, 1)
+    after = State(cache.s + fk.transpose(-2, -1) @ vw, cache.z + fk.sum(dim=-2),
+                  cache.length + q.shape[-2])
+    return num.div_(den).to(q.dtype), after  # (B, H, t, Dv)

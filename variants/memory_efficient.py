@@ -35,6 +35,7 @@ from torch.autograd.function import once_differentiable
 
 from variants import memory_models
 from variants.contract import SoftmaxAttention, Supports, always_available, default_scale
+from variants.decoding import KVCache, step_keep
 
 LOG2E = 1.4426950408889634  # 1 / ln 2: scores in base 2 turn every exp into a cheaper exp2
 SUM_LIMIT = 2.0**64  # a later tile's row sum above this is redone with its own max
@@ -310,3 +311,36 @@ def attention(
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         return _MemoryEfficientAttention.apply(q, k, v, scale, causal, cfg)
     return _forward(q, k, v, scale, causal, cfg)[0]
+
+
+def prefill(k: torch.Tensor, v: torch.Tensor, *, capacity: int, cfg: Config = Config()
+            ) -> KVCache:
+    """The decode cache: every key and value (B, H, L, D), room for ``capacity``."""
+    return KVCache.prefill(k, v, capacity)
+
+
+def decode(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache, *,
+    scale: float | None = None, cfg: Config = Config(),
+) -> tuple[torch.Tensor, KVCache]:
+    """t new queries against the cache, tiled over the cached keys (split-K, merged by the
+    online softmax): one (B, H, t, block_k) score tile at a time, O(t) rows besides."""
+    cache = cache.append(k, v)
+    keep = step_keep(q.shape[-2], cache.length, q.device)  # (t, L + t) or None for t = 1
+    ct = _compute_dtype(q.dtype)
+    qs = q.to(ct) * (default_scale(q.shape[-1], scale) * LOG2E)  # (B, H, t, D), base 2
+    keys, values = cache.keys(), cache.values()  # (B, H, L + t, D) views
+    row_max = torch.full((*q.shape[:-1], 1), float("-inf"), dtype=ct, device=q.device)
+    row_sum = torch.zeros_like(row_max)  # (B, H, t, 1)
+    acc = q.new_zeros(*q.shape[:-1], values.shape[-1], dtype=ct)  # (B, H, t, Dv)
+    for j0, j1 in _spans(cache.length, cfg.block_k):
+        s = qs @ keys[:, :, j0:j1].to(ct).transpose(-2, -1)  # (B, H, t, bk)
+        if keep is not None:
+            s.masked_fill_(~keep[:, j0:j1], float("-inf"))
+        new_max = torch.maximum(row_max, s.amax(dim=-1, keepdim=True))  # (B, H, t, 1)
+        alpha = (row_max - new_max).exp2_()  # (B, H, t, 1): 0 on the first tile
+        p = s.sub_(new_max).exp2_()  # (B, H, t, bk)
+        row_sum = row_sum.mul_(alpha).add_(p.sum(dim=-1, keepdim=True))
+        acc = acc.mul_(alpha).add_(p @ values[:, :, j0:j1].to(ct))  # (B, H, t, Dv)
+        row_max = new_max
+    return acc.div_(row_sum).to(q.dtype), cache  # (B, H, t, Dv)

@@ -20,6 +20,7 @@ from variants.contract import (
     always_available,
     default_scale,
 )
+from variants.decoding import KVCache, step_keep
 
 NAME = "naive"
 
@@ -92,3 +93,20 @@ def attention(
     """softmax(Q K^T * scale) V; q (B, H, Nq, D), k/v (B, H, Nk, D) -> (B, H, Nq, D)."""
     keep = causal_keep(q.shape[-2], k.shape[-2], q.device) if causal else None
     return masked_softmax_attention(q, k, v, default_scale(q.shape[-1], scale), keep)
+
+
+def prefill(k: torch.Tensor, v: torch.Tensor, *, capacity: int, cfg: Any = None) -> KVCache:
+    """The decode cache: every key and value (B, H, L, D), room for ``capacity``."""
+    return KVCache.prefill(k, v, capacity)
+
+
+def decode(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache, *,
+    scale: float | None = None, cfg: Any = None,
+) -> tuple[torch.Tensor, KVCache]:
+    """t new queries (B, H, t, D) against the cache and themselves (causal), the textbook way."""
+    cache = cache.append(k, v)
+    keep = step_keep(q.shape[-2], cache.length, q.device)  # (t, L + t) or None for t = 1
+    out = masked_softmax_attention(q, cache.keys(), cache.values(),
+                                   default_scale(q.shape[-1], scale), keep)
+    return out, cache  # (B, H, t, D)

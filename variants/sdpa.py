@@ -19,6 +19,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from variants import memory_models
 from variants.contract import Shape, SoftmaxAttention, Supports, Unavailable
+from variants.decoding import KVCache, step_keep
 
 NAME = "sdpa"
 
@@ -117,16 +118,45 @@ def attention(
     causal: bool = False, scale: float | None = None, cfg: Config = Config(),
 ) -> torch.Tensor:
     """SDPA on q (B, H, Nq, D), k/v (B, H, Nk, D) -> (B, H, Nq, D) with the chosen backend."""
+    return _sdpa(q, k, v, causal=causal, mask=None, scale=scale, cfg=cfg)
+
+
+def _sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
+    mask: torch.Tensor | None, scale: float | None, cfg: Config,
+) -> torch.Tensor:
+    """One scaled_dot_product_attention call on the config's backend (None: PyTorch picks);
+    a pinned backend that cannot run it raises Unavailable with PyTorch's reasons."""
     backend = BACKENDS[cfg.backend]
     if backend is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                              scale=scale)
     with warnings.catch_warnings(record=True) as caught, sdpa_kernel([backend]):
         warnings.simplefilter("always")
         try:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                                  scale=scale)
         except RuntimeError as exc:
             if not NO_KERNEL.search(str(exc)):
                 raise
             why = "; ".join(str(w.message) for w in caught) or str(exc)
             msg = f"SDPA backend {cfg.backend!r} cannot run these inputs: {why}"
             raise Unavailable(msg) from exc
+
+
+def prefill(k: torch.Tensor, v: torch.Tensor, *, capacity: int, cfg: Config = Config()
+            ) -> KVCache:
+    """The decode cache: every key and value (B, H, L, D), room for ``capacity``."""
+    return KVCache.prefill(k, v, capacity)
+
+
+def decode(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache, *,
+    scale: float | None = None, cfg: Config = Config(),
+) -> tuple[torch.Tensor, KVCache]:
+    """t new queries (B, H, t, D) against the cache in one SDPA call; for t > 1 a (t, L + t)
+    bool mask makes it causal among the new tokens (is_causal is top-left aligned)."""
+    cache = cache.append(k, v)
+    keep = step_keep(q.shape[-2], cache.length, q.device)  # (t, L + t) or None for t = 1
+    out = _sdpa(q, cache.keys(), cache.values(), causal=False, mask=keep, scale=scale, cfg=cfg)
+    return out, cache  # (B, H, t, D)

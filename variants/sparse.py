@@ -52,6 +52,8 @@ import torch
 from variants import memory_models, patterns
 from variants import sparse_kernels as kernels
 from variants.contract import SparseSoftmax, Supports, always_available, default_scale
+from variants.decoding import WindowCache, window_step_keep
+from variants.naive import masked_softmax_attention
 
 NAME = "sparse"
 PATTERNS = ("window", "bigbird")
@@ -312,3 +314,31 @@ def attention(
     kw, vw = (x.to(work).reshape(b * h, nk, d) for x in (k, v))  # (B H, Nk, D)
     out = _Attention.apply(qw, kw, vw, causal, default_scale(d, scale), cfg)  # (B H, Nq, D)
     return out.view(b, h, nq, d).to(q.dtype)  # (B, H, Nq, D)
+
+
+def decode_unavailable(cfg: Config) -> str | None:
+    """BigBird has no decode form: its random blocks are drawn from the numbers of query and
+    key blocks, so the keys an earlier token kept change as the context grows."""
+    if cfg.pattern == "window":
+        return None
+    return ("sparse@bigbird has no decode form: its random key blocks are drawn from the "
+            "numbers of query and key blocks, so the pattern of earlier tokens changes as the "
+            "context grows and no cache built for N extends to N + 1")
+
+
+def prefill(k: torch.Tensor, v: torch.Tensor, *, capacity: int, cfg: Config = Config()
+            ) -> WindowCache:
+    """The window's decode cache: the last w keys and values (B, H, <=w, D), no more."""
+    return WindowCache.prefill(k, v, cfg.window)
+
+
+def decode(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: WindowCache, *,
+    scale: float | None = None, cfg: Config = Config(),
+) -> tuple[torch.Tensor, WindowCache]:
+    """t new queries against the last w cached keys and the new ones (query - key in
+    [0, w]): O(w) per token whatever the context; the cache keeps the last w."""
+    keys, values = cache.extended(k, v)  # (B, H, <=w + t, D)
+    keep = window_step_keep(q.shape[-2], keys.shape[-2], cfg.window, q.device)  # (t, <=w + t)
+    out = masked_softmax_attention(q, keys, values, default_scale(q.shape[-1], scale), keep)
+    return out, cache.after(keys, values, q.shape[-2])  # (B, H, t, D)
