@@ -39,7 +39,7 @@ TREES = REPO / ".ab-trees"  # git-ignored: detached worktrees of the revisions m
 USAGE_ERROR = 2
 #: sweep fields that pin one case; a re-measure command sets them all
 CASE_FIELDS = ("variants", "device", "dtypes", "modes", "causal", "batch_sizes", "seq_lens",
-               "heads", "head_dim", "decode_tokens", "decode_contexts")
+               "heads", "head_dim", "decode_tokens", "decode_contexts", "kv_heads", "head_dims")
 
 
 class AbError(RuntimeError):
@@ -203,7 +203,8 @@ def case_overrides(v: Verdict) -> list[str]:
             f"batch_sizes=[{k['b']}]", f"seq_lens=[{k['nq']}]", f"heads={k['h']}",
             f"head_dim={k['d']}",
             *([f"decode_tokens=[{k['new_tokens']}]", f"decode_contexts=[{k['nq']}]"]
-              if k.get("new_tokens") else [])]
+              if k.get("new_tokens") else []),
+            *([f"kv_heads=[{k['kv_heads']}]"] if k.get("kv_heads") else [])]
 
 
 def ab_command(sides: list[Side], overrides: list[str]) -> list[str]:

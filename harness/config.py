@@ -20,6 +20,8 @@ import torch
 
 import variants as registry
 from harness.allocator import ALLOCATORS, allocator_env
+from harness.ragged import FORMS as RAGGED_FORMS
+from harness.ragged import lengths as ragged_lengths
 from harness.specs import SpecError, VariantSpec, dedupe, default_specs, parse_spec, spec_name
 from harness.vocab import MODES
 from variants.contract import DEVICES, DTYPES, ContractError
@@ -70,10 +72,15 @@ class MeasureConf:
     compile: list[bool] = field(default_factory=lambda: [False])  # true: through torch.compile
     batch_sizes: list[int] = field(default_factory=lambda: [1])
     heads: int = 8
+    kv_heads: list[int] = field(default_factory=list)  # GQA/MQA: k/v heads dividing heads
     head_dim: int = 64
+    head_dims: list[int] = field(default_factory=list)  # a D axis, e.g. [64,128,256]; empty:
+    # [head_dim] (head_dim stays the one-D field every older command line and tree knows)
     seq_lens: list[int] = field(default_factory=lambda: [1024])
     decode_tokens: list[int] = field(default_factory=lambda: [1])  # modes=[decode]: t a step
     decode_contexts: list[int] = field(default_factory=list)  # decode's N; empty: seq_lens
+    ragged: list[str] = field(default_factory=list)  # ragged batches: uniform:F or L1/L2/...
+    ragged_forms: list[str] = field(default_factory=lambda: list(RAGGED_FORMS))
     min_run_time: float = MeasureSettings.min_run_time
     min_samples: int = MeasureSettings.min_samples
     threads: int = MeasureSettings.threads
@@ -95,6 +102,13 @@ class MeasureConf:
             positive_ints(name, getattr(self, name))
         if self.decode_contexts:
             positive_ints("decode_contexts", self.decode_contexts)
+        if self.kv_heads:
+            kv_heads_axis(self.kv_heads, self.heads)
+        if self.head_dims:
+            positive_ints("head_dims", self.head_dims)
+        if self.ragged:
+            ragged_axis(self.ragged, self.batch_sizes, self.seq_lens)
+        choices("ragged_forms", self.ragged_forms, RAGGED_FORMS)
         for name in ("heads", "head_dim"):
             positive_ints(name, [getattr(self, name)])
         positive_timeout(self.timeout_s)
@@ -163,10 +177,13 @@ class GridSettings:
     compile: tuple[bool, ...]  # eager (False) and/or through torch.compile (True)
     batch_sizes: tuple[int, ...]
     heads: int
-    head_dim: int
+    kv_heads: tuple[int, ...]  # k/v heads of each case: 0 stands for heads (no grouping)
+    head_dims: tuple[int, ...]  # D of each case
     seq_lens: tuple[int, ...]
     decode_tokens: tuple[int, ...]  # decode cases: new tokens a step
     decode_contexts: tuple[int, ...]  # decode cases: the cached context N
+    ragged: tuple[str, ...]  # "" (equal lengths) or how a ragged batch's lengths are drawn
+    ragged_forms: tuple[str, ...]  # for ragged cases: padded and/or packed
     measure: MeasureSettings
     timeout_s: float
     worker_env: dict[str, str]  # the allocator's environment for the supervised workers
@@ -293,6 +310,30 @@ def positive_ints(name: str, values: Sequence[int]) -> tuple[int, ...]:
     return tuple(values)
 
 
+def ragged_axis(specs: Sequence[str], batch_sizes: Sequence[int],
+                seq_lens: Sequence[int]) -> tuple[str, ...]:
+    """Validate the ragged axis against every B and N it will meet."""
+    for spec in specs:
+        for b in batch_sizes:
+            for n in seq_lens:
+                try:
+                    ragged_lengths(spec, b, n, 0)
+                except ValueError as exc:
+                    raise ConfigError(f"ragged: {exc}") from None
+    return tuple(specs)
+
+
+def kv_heads_axis(values: Sequence[int], heads: int) -> tuple[int, ...]:
+    """Validate the kv_heads axis: positive ints that divide ``heads``."""
+    positive_ints("kv_heads", values)
+    allowed = [n for n in range(1, heads + 1) if heads % n == 0]
+    for value in values:
+        if value not in allowed:
+            raise ConfigError(f"kv_heads: {value!r} does not divide heads={heads}; allowed: "
+                              f"{allowed} (heads itself: no grouping)")
+    return tuple(values)
+
+
 def choices(name: str, values: Sequence[Any], allowed: Sequence[Any]) -> tuple[Any, ...]:
     """Validate a non-empty list against allowed values."""
     if not values:
@@ -320,10 +361,14 @@ def grid_settings(conf: MeasureConf) -> GridSettings:
         compile=tuple(dict.fromkeys(conf.compile)),
         batch_sizes=tuple(conf.batch_sizes),
         heads=conf.heads,
-        head_dim=conf.head_dim,
+        kv_heads=tuple(dict.fromkeys(0 if n == conf.heads else n
+                                     for n in conf.kv_heads or [conf.heads])),
+        head_dims=tuple(dict.fromkeys(conf.head_dims or [conf.head_dim])),
         seq_lens=tuple(conf.seq_lens),
         decode_tokens=tuple(dict.fromkeys(conf.decode_tokens)),
         decode_contexts=tuple(conf.decode_contexts or conf.seq_lens),
+        ragged=tuple(dict.fromkeys(conf.ragged or [""])),
+        ragged_forms=tuple(dict.fromkeys(conf.ragged_forms)),
         measure=conf.measure_settings(),
         timeout_s=conf.timeout_s,
         worker_env=_allocator_env(conf.allocator),

@@ -26,14 +26,18 @@ TABLE_COLUMNS = {
 def cases(s: GridSettings) -> Iterator[Case]:
     """Every combination of the grid's axes, variants outermost, eager before compiled.
     Decode cases take their own axes (decode_tokens, decode_contexts) and are causal."""
-    for spec, compiled, dtype, mode in itertools.product(s.specs, s.compile, s.dtypes, s.modes):
+    outer = itertools.product(s.specs, s.compile, s.dtypes, s.head_dims, s.kv_heads, s.modes)
+    for spec, compiled, dtype, d, kv, mode in outer:
         if mode == DECODE:
-            axes = itertools.product([True], s.batch_sizes, s.decode_contexts, s.decode_tokens)
+            axes = itertools.product([True], s.batch_sizes, s.decode_contexts, s.decode_tokens,
+                                     [("", "")])
         else:
-            axes = itertools.product(s.causal, s.batch_sizes, s.seq_lens, [0])
-        for causal, b, n, tokens in axes:
-            yield Case(spec, s.device, dtype, mode, causal, b, s.heads, n, n, s.head_dim,
-                       compile=compiled, new_tokens=tokens)
+            batches = [(r, f) for r in s.ragged for f in (s.ragged_forms if r else [""])]
+            axes = itertools.product(s.causal, s.batch_sizes, s.seq_lens, [0], batches)
+        for causal, b, n, tokens, (ragged, form) in axes:
+            yield Case(spec, s.device, dtype, mode, causal, b, s.heads, n, n, d,
+                       compile=compiled, new_tokens=tokens, kv_heads=kv, ragged=ragged,
+                       ragged_form=form)
 
 
 def measure_grid(s: GridSettings, progress: TextIO = sys.stderr) -> list[Row]:

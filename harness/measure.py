@@ -32,11 +32,16 @@ from harness.config import MeasureSettings
 from harness.decode import check_decode, step_call, step_io_bytes
 from harness.flops import current_roof, flops_convention, mode_flops
 from harness.memory import MIB, peak_bytes
-from harness.oracle import Agreement, Shape, check_agreement, make_inputs
+from harness.oracle import Agreement, Shape, check_agreement, make_inputs, reduced_heads
+from harness.ragged import packed as ragged_packed
+from harness.ragged import padded as ragged_padded
+from harness.ragged import padded_reason
+from harness.ragged import scaled as ragged_scaled
+from harness.ragged import waste as ragged_waste
 from harness.roofline import roofline_fields, traffic_fields
 from harness.rows import Row
 from harness.timing import Attention, cuda_time, l2_flusher, time_callable, timed_callable
-from harness.vocab import DECODE, DECODE_BYTES, Status
+from harness.vocab import DECODE, DECODE_BYTES, LATER_IDENTITY, Status
 from variants.contract import DTYPES, Unavailable, Variant
 
 MEMORY_DEVICES = ("cpu", "cuda")  # where harness/memory.py can measure peaks
@@ -55,10 +60,13 @@ def check_shape(case: Case, max_scores: int) -> Shape:
     shape = case.shape
     if shape.b * shape.h * shape.nq * shape.nk <= max_scores:
         return shape
-    h = min(shape.h, 2)
+    h, hkv = reduced_heads(shape)
+    if case.ragged:  # keep every sequence of the batch, shorter
+        n = max(1, int(math.sqrt(max_scores / (shape.b * h))))
+        return Shape(shape.b, h, n, n, shape.d, hkv)
     factor = min(1.0, math.sqrt(max_scores / (h * shape.nq * shape.nk)))
     nq, nk = max(1, int(shape.nq * factor)), max(1, int(shape.nk * factor))
-    return Shape(1, h, nq, nk, shape.d)
+    return Shape(1, h, nq, nk, shape.d, hkv)
 
 
 def base_row(case: Case) -> Row:
@@ -67,8 +75,8 @@ def base_row(case: Case) -> Row:
     return Row(
         key=case.key(), variant=case.variant, label=case.label, config=case.config,
         device=case.device, dtype=case.dtype, mode=case.mode, causal=case.causal,
-        b=case.b, h=case.h, nq=case.nq, nk=case.nk, d=case.d, compile=case.compile,
-        new_tokens=case.new_tokens,
+        b=case.b, h=case.h, nq=case.nq, nk=case.nk, d=case.d,
+        **{name: getattr(case, name) for name in LATER_IDENTITY},  # compile, decode, GQA, ...
         status=Status.OK,
         extra={"definition": case.spec.variant.definition(case.spec.cfg),
                "config_diff": {k: v for k, v in case.config.items() if defaults.get(k) != v},
@@ -89,10 +97,13 @@ def _agreement_fields(agreement: Agreement, shape: Shape) -> dict[str, Any]:
 def _check(case: Case, s: MeasureSettings, variant: Variant | CompiledVariant) -> dict[str, Any]:
     """Run the oracle on what the case runs (gradients too when the mode has a backward)."""
     shape = check_shape(case, s.check_max_scores)
+    ragged = None
+    if case.ragged:  # the same B lengths, scaled to the check's N
+        ragged = (ragged_scaled(case.lengths, case.nq, shape.nq), case.ragged_form)
     agreement = check_agreement(
         variant, case.spec.cfg, shape, device=case.device, dtype=DTYPES[case.dtype],
         causal=case.causal, backward=case.backward and case.spec.variant.supports.backward,
-        seed=s.seed,
+        seed=s.seed, ragged=ragged,
     )
     return _agreement_fields(agreement, shape)
 
@@ -113,6 +124,10 @@ def _attention_fn(case: Case, variant: Variant | CompiledVariant) -> Attention:
                    else type(out).__name__)
             raise WrongOutput(f"{case.label} returned {got}; expected {want} {q.dtype}")
         return out
+    if case.ragged_form == "packed":
+        return ragged_packed(attention, case.lengths)
+    if case.ragged_form == "padded":
+        return ragged_padded(case.spec.variant.module, case.lengths, causal=causal, cfg=cfg)
     return attention
 
 
@@ -182,14 +197,21 @@ def _model(case: Case, row: Row) -> dict[str, Any]:
     """FLOPs, bytes moved, throughput, and the variant's memory expectation (no variant
     code runs)."""
     variant, cfg = case.spec.variant, case.spec.cfg
-    flops = mode_flops(variant.computes(cfg), case.mode, case.b, case.h, case.nq, case.nk,
-                       case.d, case.causal)
+    flops = sum(mode_flops(variant.computes(cfg), case.mode, 1, case.h, n, n, case.d,
+                           case.causal) for n in case.lengths)  # real tokens' pairs only
     dims = (case.b, case.h, case.nq, case.nk, case.d)
     kw = {"dtype": DTYPES[case.dtype], "causal": case.causal, "cfg": cfg, "device": case.device}
     fwd = variant.expected_peak_bytes(*dims, backward=False, **kw)
     both = variant.expected_peak_bytes(*dims, backward=True, **kw) if case.backward else None
     moved = traffic_fields(case, row.median_ms)
+    if case.ragged:  # no model of a ragged batch's peak; tokens and padding instead
+        fwd = both = None
+        seconds = row.median_ms * 1e-3 if row.median_ms else None
+        row = replace(row, padding_waste=ragged_waste(case.lengths, case.nq, case.causal,
+                                                      case.ragged_form),
+                      tokens_per_s=sum(case.lengths) / seconds if seconds else None)
     return {
+        "padding_waste": row.padding_waste, "tokens_per_s": row.tokens_per_s,
         "bytes_moved": moved["bytes_moved"], "gib_s": moved["gib_s"],
         "extra": {**row.extra, "bytes_convention": moved["bytes_convention"]},
         "flops": flops,
@@ -229,7 +251,8 @@ def _measure_decode(case: Case, s: MeasureSettings, row: Row) -> Row:
     """A decode case: the oracle's check of a step and its cache, the timed step, its peak
     above its inputs and the cache's size (exceptions go to the caller)."""
     threads, variant = s.threads or torch.get_num_threads(), case.spec.variant
-    step_shape = Shape(case.b, case.h, case.new_tokens, case.nk + case.new_tokens, case.d)
+    step_shape = Shape(case.b, case.h, case.new_tokens, case.nk + case.new_tokens, case.d,
+                       case.kv_heads)
     kernels = variant.dispatched(step_shape, device=case.device, dtype=DTYPES[case.dtype],
                                  causal=False, backward=False, cfg=case.spec.cfg)
     if kernels:  # t new queries against every key: no causal flag (a mask for t > 1)
@@ -294,6 +317,14 @@ def unavailable_reason(case: Case) -> str | None:
                 "cases run eagerly (compile=[false])")
     if case.mode == DECODE and variant.decode_reason(case.spec.cfg):
         return variant.decode_reason(case.spec.cfg)
+    if case.ragged_form == "padded" and case.compile:
+        return ("compile=true compiles attention(); the padded ragged form calls "
+                "attention_padded(): ragged_form=packed runs compiled")
+    if case.ragged_form == "padded" and padded_reason(variant.module, variant.name):
+        return padded_reason(variant.module, variant.name)
+    if case.kv_heads and not variant.supports.gqa:
+        return (f"{variant.name} takes k and v with as many heads as q (Supports.gqa is "
+                f"false): kv_heads={case.kv_heads} for h={case.h} does not run")
     if case.compile and not variant.supports.compile:
         return (f"{variant.name} has no compiled mode: compile=true applies to variants "
                 f"written in plain PyTorch ops (Supports.compile), not to a library's kernel "

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from harness.ragged import packed, padded
 from variants.contract import (
     LinearAttention,
     Semantics,
@@ -92,8 +93,10 @@ def reference(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     causal: bool, scale: float | None, semantics: Semantics,
 ) -> torch.Tensor:
-    """The semantics' reference computation in the inputs' dtype: (B, H, Nq, D)."""
+    """The semantics' reference computation in the inputs' dtype: (B, H, Nq, D); grouped k, v
+    (fewer heads than q) are repeated to one per query head, as the definition reads."""
     nq, nk = q.shape[-2], k.shape[-2]
+    k, v = per_query_head(q, k), per_query_head(q, v)
     if isinstance(semantics, SoftmaxAttention):
         keep = causal_keep(nq, nk, q.device) if causal else None
         return masked_softmax_attention(q, k, v, default_scale(q.shape[-1], scale), keep,
@@ -105,6 +108,17 @@ def reference(
     if isinstance(semantics, LinearAttention):
         return _linear_reference(q, k, v, causal=causal, semantics=semantics)
     raise TypeError(f"unknown semantics {semantics!r}")
+
+
+def reduced_heads(shape: Shape) -> tuple[int, int]:
+    """(H, Hkv) of a smaller check shape: 2 heads, or one kv head's whole group when grouped."""
+    return (shape.h // shape.kv_heads, 1) if shape.hkv else (min(shape.h, 2), 0)
+
+
+def per_query_head(q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+    """k or v (B, Hkv, Nk, D) repeated to q's H heads (query head h reads kv head h // G)."""
+    g = q.shape[1] // kv.shape[1]
+    return kv if g == 1 else kv.repeat_interleave(g, dim=1)  # (B, H, Nk, D)
 
 
 def _linear_reference(
@@ -124,8 +138,8 @@ def make_inputs(
     gen = torch.Generator().manual_seed(seed)
     s = shape
     q = torch.randn(s.b, s.h, s.nq, s.d, generator=gen, dtype=torch.float64) * logit_scale
-    k = torch.randn(s.b, s.h, s.nk, s.d, generator=gen, dtype=torch.float64) * logit_scale
-    v = torch.randn(s.b, s.h, s.nk, s.d, generator=gen, dtype=torch.float64)
+    k = torch.randn(s.b, s.kv_heads, s.nk, s.d, generator=gen, dtype=torch.float64) * logit_scale
+    v = torch.randn(s.b, s.kv_heads, s.nk, s.d, generator=gen, dtype=torch.float64)
     dout = torch.randn(s.b, s.h, s.nq, s.d, generator=gen, dtype=torch.float64)
     return tuple(t.to(device=device, dtype=dtype) for t in (q, k, v, dout))
 
@@ -170,8 +184,11 @@ def compare_tensor(
 def check_agreement(
     variant: Variant, cfg: Any, shape: Shape, *, device: str, dtype: torch.dtype, causal: bool,
     backward: bool, seed: int = 0, logit_scale: float = 1.0, scale: float | None = None,
+    ragged: tuple[tuple[int, ...], str] | None = None,
 ) -> Agreement:
-    """Compare a variant's output (and gradients, if backward) with its float64 reference."""
+    """Compare a variant's output (and gradients, if backward) with its float64 reference.
+    ``ragged`` = (lengths, form): a ragged batch padded to the shape's N, the variant run in
+    that form (harness/ragged.py), the reference sequence by sequence."""
     semantics = variant.computes(cfg)
     inputs = make_inputs(shape, dtype=dtype, device=device, seed=seed, logit_scale=logit_scale)
 
@@ -181,12 +198,18 @@ def check_agreement(
     def var_fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return variant.attention(q, k, v, causal=causal, scale=scale, cfg=cfg)
 
+    if ragged is not None:
+        lens, form = ragged
+        ref_fn = packed(ref_fn, lens)
+        var_fn = (packed(var_fn, lens) if form == "packed" else
+                  padded(variant.module, lens, causal=causal, cfg=cfg, scale=scale))
     golden = _forward_backward(ref_fn, inputs, torch.float64, backward)
     lowp = _forward_backward(ref_fn, inputs, dtype, backward)
     got = _forward_backward(var_fn, inputs, dtype, backward)
     stats_rel = stats_conditioning(semantics, inputs, dtype, scale)
     checks = tuple(compare_tensor(n, got[n], golden[n], lowp[n], stats_rel) for n in golden)
-    return Agreement(checks, _err_vs_softmax(semantics, inputs, got["out"], causal, scale))
+    lens = None if ragged is None else ragged[0]
+    return Agreement(checks, _err_vs_softmax(semantics, inputs, got["out"], causal, scale, lens))
 
 
 def stats_conditioning(
@@ -197,6 +220,7 @@ def stats_conditioning(
     if isinstance(semantics, LinearAttention) or inputs[0].numel() == 0:
         return 0.0
     q, k = (t.to(torch.float64) for t in inputs[:2])
+    k = per_query_head(q, k)  # (B, H, Nk, D)
     logits = (q @ k.transpose(-2, -1)) * default_scale(q.shape[-1], scale)  # (B, H, Nq, Nk)
     stats_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     return torch.finfo(stats_dtype).eps / 2 * max(1.0, logits.abs().max().item())
@@ -204,11 +228,16 @@ def stats_conditioning(
 
 def _err_vs_softmax(
     semantics: Semantics, inputs: tuple[torch.Tensor, ...], out: torch.Tensor,
-    causal: bool, scale: float | None,
+    causal: bool, scale: float | None, lens: tuple[int, ...] | None = None,
 ) -> float | None:
-    """Max abs distance of an approximate variant's output from full softmax attention."""
+    """Max abs distance of an approximate variant's output from full softmax attention
+    (sequence by sequence for a ragged batch of these lengths)."""
     if isinstance(semantics, SoftmaxAttention):
         return None
     q, k, v, _ = (t.to(torch.float64) for t in inputs)
-    full = reference(q, k, v, causal=causal, scale=scale, semantics=SoftmaxAttention())
+
+    def softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return reference(q, k, v, causal=causal, scale=scale, semantics=SoftmaxAttention())
+
+    full = (softmax if lens is None else packed(softmax, lens))(q, k, v)
     return (out.to(torch.float64) - full).abs().max().item()

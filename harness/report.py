@@ -17,6 +17,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import harness.report_decode  # noqa: F401  (registers the decode figure)
 from harness.report_data import Footnotes, cell, group, peak_mib, scaling_table
 from harness.report_figures import FigureKind, FigureView, registered
 from harness.report_plot import colours, save
@@ -30,6 +31,7 @@ from harness.report_text import (
     scaling_lines,
     support_lines,
     variant_lines,
+    which_lines,
 )
 from harness.results import ResultSet, load
 from harness.rows import Row
@@ -51,8 +53,10 @@ def pivot(rows: list[Row], value: str, notes: Footnotes) -> list[str]:
         line = []
         for n in ns:
             r = cells.get((label, b, n))
-            number = None if r is None else {"time": r.median_ms, "memory": peak_mib(r),
-                                              "cache": r.cache_mib}[value]
+            number = None if r is None else {
+                "time": r.median_ms, "memory": peak_mib(r), "cache": r.cache_mib,
+                "tokens": r.tokens_per_s and r.tokens_per_s / 1e3,
+                "waste": r.padding_waste and 100 * r.padding_waste}[value]
             line.append("" if r is None else cell(r, number, notes))
         body.append([name, *line])
     head = ["variant" + (", B" if several_b else ""), *(f"N={n}" for n in ns)]
@@ -85,12 +89,18 @@ def section(view: FigureView, notes: Footnotes, fig_dir: Path) -> list[str]:
     lines = [f"## {view.title()}", "", "Median time per call (ms):", "",
              *pivot(view.rows, "time", notes), "",
              "Peak memory above the inputs (MiB) for this mode:", "",
-             *pivot(view.rows, "memory", notes), ""]
+             *pivot(view.rows, "memory", notes), "", *which_lines(view.rows)]
     if view.setting is not None and view.setting.mode == DECODE:
         lines += ["Cache the step reads (MiB; N is the cached context):", "",
                   *pivot(view.rows, "cache", notes), ""]
+    if view.setting is not None and view.setting.ragged:
+        lines += ["Effective throughput (thousand real tokens per second):", "",
+                  *pivot(view.rows, "tokens", notes), "",
+                  "Padding waste (% of computed query-key pairs that are padding):", "",
+                  *pivot(view.rows, "waste", notes), ""]
     for kind in registered("setting"):
-        lines += [figure_line(kind, view, fig_dir), ""]
+        drawn = figure_line(kind, view, fig_dir)
+        lines += [drawn, ""] if drawn else []  # "": the figure has nothing to do here
     return lines
 
 

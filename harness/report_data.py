@@ -38,6 +38,9 @@ class Setting:
     h: int
     d: int
     new_tokens: int = 0  # decode: tokens a step (a setting of its own per t)
+    kv_heads: int = 0  # grouped queries: k/v heads (a setting of its own per Hkv)
+    ragged: str = ""  # ragged batches: the lengths' spec, and the form (padded, packed)
+    ragged_form: str = ""
 
     def title(self) -> str:
         """``cpu fp32 fwd causal H=8 D=64``: the project's words for a setting."""
@@ -48,7 +51,10 @@ class Setting:
         only letters, digits, '.', '_' and '-' (a crafted device cannot name a path)."""
         mask = "causal" if self.causal else "full"
         mode = self.mode.replace("+", "-") + (f"-t{self.new_tokens}" if self.new_tokens else "")
-        return safe_name(f"{self.device}_{self.dtype}_{mode}_{mask}_H{self.h}_D{self.d}")
+        kv = f"-kv{self.kv_heads}" if self.kv_heads else ""
+        if self.ragged:
+            mask += f"-ragged-{self.ragged}-{self.ragged_form}"
+        return safe_name(f"{self.device}_{self.dtype}_{mode}_{mask}_H{self.h}{kv}_D{self.d}")
 
 
 def safe_name(text: str) -> str:
@@ -59,7 +65,8 @@ def safe_name(text: str) -> str:
 
 def setting_of(row: Row) -> Setting:
     """The setting a row belongs to."""
-    return Setting(row.device, row.dtype, row.mode, row.causal, row.h, row.d, row.new_tokens)
+    return Setting(row.device, row.dtype, row.mode, row.causal, row.h, row.d, row.new_tokens,
+                   row.kv_heads, row.ragged, row.ragged_form)
 
 
 def group(rows: Iterable[Row]) -> dict[Setting, list[Row]]:

@@ -200,3 +200,34 @@ def support_lines(records: Sequence[dict]) -> list[str]:
         lines += [f"{i}. {' '.join(text.split())}" for i, text in enumerate(reasons, 1)]
         lines += [""] if reasons else []
     return lines
+
+
+def is_exact(row: Row) -> bool:
+    """Whether the row's variant computes exact softmax attention (its recorded definition)."""
+    return str(row.extra.get("definition", "")).startswith("softmax attention")
+
+
+def _pick(rows: Sequence[Row]) -> str:
+    """The fastest measured row as ``label ms (max err)``, or a dash."""
+    timed = [r for r in rows if r.status in MEASURED and r.median_ms]
+    if not timed:
+        return "-"
+    r = min(timed, key=lambda r: r.median_ms)
+    err = r.err_vs_softmax if r.err_vs_softmax is not None else r.check_max_abs
+    what = "vs softmax" if r.err_vs_softmax is not None else "vs oracle"
+    text = f"{r.median_ms:.3g} ms" + ("" if err is None else f", err {err:.2g} {what}")
+    return f"{r.label} ({text})"
+
+
+def which_lines(rows: Sequence[Row]) -> list[str]:
+    """Per B and N of one setting: the fastest exact variant and the fastest of all, with the
+    error each carries (against the oracle; approximate ones against exact softmax)."""
+    cells = sorted({(r.b, r.nq) for r in rows})
+    if not cells:
+        return []
+    body = [[str(b), str(n), _pick([r for r in rows if (r.b, r.nq) == (b, n) and is_exact(r)]),
+             _pick([r for r in rows if (r.b, r.nq) == (b, n)])] for b, n in cells]
+    return ["Which one: the fastest exact variant and the fastest overall at each B and N "
+            "(error: max |difference| from the float64 oracle; for approximate variants from "
+            "exact softmax attention):", "",
+            *md_table(["B", "N", "fastest exact", "fastest overall"], body), ""]

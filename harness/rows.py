@@ -34,6 +34,9 @@ class Row:
     status: str  # a harness.vocab.Status
     compile: bool = False  # identity, added after schema 1: run through torch.compile
     new_tokens: int = 0  # identity, added after schema 1: decode's tokens per step (else 0)
+    kv_heads: int = 0  # identity, added after schema 1: k/v heads when grouped (0: h of them)
+    ragged: str = ""  # identity, added after schema 1: how a ragged batch's lengths are drawn
+    ragged_form: str = ""  # identity, added after schema 1: padded or packed
     reason: str = ""
     schema: int = SCHEMA_VERSION
     # time
@@ -64,6 +67,9 @@ class Row:
     expected_fwd_mib: float | None = None
     expected_fwd_bwd_mib: float | None = None
     cache_mib: float | None = None  # decode: the cache the step reads (KV, window or state)
+    # ragged batches: real tokens per second, and the share of computed pairs that are padding
+    tokens_per_s: float | None = None
+    padding_waste: float | None = None
     # agreement with the float64 oracle
     check_ok: bool | None = None
     check_shape: str = ""  # the shape checked (the case's own, or a smaller one)

@@ -23,7 +23,8 @@ FREE_KEYS = frozenset({"resume", "run_dir", "results_dir", "paced", "extend", "f
                        "memory_margin", "timeout_s", "budget_s"})
 #: ... and in these with extend=true (the grid's axes: new cases, none measured differently)
 GRID_KEYS = frozenset({"preset", "variants", "exclude", "extra_variants", "dtypes", "modes",
-                       "causal", "compile", "batch_sizes", "seq_lens", "heads", "head_dim"})
+                       "causal", "compile", "batch_sizes", "seq_lens", "heads", "head_dim",
+                       "head_dims", "kv_heads", "decode_tokens", "decode_contexts"})
 
 
 @functools.cache

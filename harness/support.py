@@ -4,7 +4,9 @@ compile rule) through the same function that decides a case's ``unavailable`` st
 (``measure.unavailable_reason``), so the matrix cannot disagree with what a sweep records.
 
 Scenarios so far: ``forward`` (prefill, no mask), ``causal``, ``backward`` (fwd+bwd),
-``compile`` (``compile=true``) and ``decode`` (a step against a cache, ``mode=decode``).
+``compile`` (``compile=true``), ``decode`` (a step against a cache, ``mode=decode``), and
+``gqa`` / ``gqa decode`` (k, v with fewer heads than q, ``kv_heads``), and ``ragged padded``
+/ ``ragged packed`` (a batch of unequal lengths, harness/ragged.py).
 The sweep writes the matrix of its grid into the manifest; ``python -m harness support``
 prints it for any preset; the report shows the run's.
 """
@@ -21,13 +23,17 @@ from harness.measure import unavailable_reason
 from harness.specs import VariantSpec
 from harness.vocab import DECODE
 
-#: scenario -> (mode, causal, compile) of the case that stands for it
-SCENARIOS: dict[str, tuple[str, bool, bool]] = {
-    "forward": ("fwd", False, False),
-    "causal": ("fwd", True, False),
-    "backward": ("fwd+bwd", False, False),
-    "compile": ("fwd", False, True),
-    "decode": ("decode", True, False),
+#: scenario -> (mode, causal, compile, grouped, ragged form) of the case that stands for it
+SCENARIOS: dict[str, tuple[str, bool, bool, bool, str]] = {
+    "forward": ("fwd", False, False, False, ""),
+    "causal": ("fwd", True, False, False, ""),
+    "backward": ("fwd+bwd", False, False, False, ""),
+    "compile": ("fwd", False, True, False, ""),
+    "decode": ("decode", True, False, False, ""),
+    "gqa": ("fwd", False, False, True, ""),
+    "gqa decode": ("decode", True, False, True, ""),
+    "ragged padded": ("fwd", False, False, False, "padded"),
+    "ragged packed": ("fwd", False, False, False, "packed"),
 }
 
 
@@ -44,9 +50,10 @@ class Support:
 
 def probe(spec: VariantSpec, device: str, dtype: str, scenario: str) -> Case:
     """The (tiny) case that stands for a scenario: its availability is the cell's."""
-    mode, causal, compiled = SCENARIOS[scenario]
-    return Case(spec, device, dtype, mode, causal, 1, 1, 16, 16, 16, compile=compiled,
-                new_tokens=int(mode == DECODE))
+    mode, causal, compiled, grouped, form = SCENARIOS[scenario]
+    return Case(spec, device, dtype, mode, causal, 2, 2, 16, 16, 16, compile=compiled,
+                new_tokens=int(mode == DECODE), kv_heads=int(grouped),
+                ragged="uniform:0.5" if form else "", ragged_form=form)
 
 
 def support_matrix(specs: Iterable[VariantSpec], devices: Iterable[str],

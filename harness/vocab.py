@@ -72,6 +72,9 @@ IDENTITY: tuple[str, ...] = (
 LATER_IDENTITY: Mapping[str, Any] = {
     "compile": False,  # run through torch.compile (harness/measure.py)
     "new_tokens": 0,  # decode: new tokens per step (>= 1); 0 for every other mode
+    "kv_heads": 0,  # grouped queries: heads of k and v (H a multiple of it); 0: as many as q
+    "ragged": "",  # ragged batch: how the B lengths are drawn (harness/ragged.py); "": equal
+    "ragged_form": "",  # ragged batch: padded (one masked call) or packed (per sequence)
 }
 
 #: what a compiled case's label ends with (``naive+compile``): tables, legends and compare,
@@ -107,18 +110,22 @@ def describe(case: Any, style: Style = "text") -> str:
     B or N).
     """
     mask = "causal" if case.causal else "full"
-    mode = mode_words(case)
+    if getattr(case, "ragged", ""):
+        mask += f" ragged={case.ragged} {case.ragged_form}"
+    mode, kv = mode_words(case), getattr(case, "kv_heads", 0)
+    heads = f"H={case.h}" + (f" Hkv={kv}" if kv else "")
     if style == "setting":
-        return f"{case.device} {case.dtype} {mode} {mask} H={case.h} D={case.d}"
+        return f"{case.device} {case.dtype} {mode} {mask} {heads} D={case.d}"
     if style == "id":
         n = f"N{case.nq}" if case.nq == case.nk else f"N{case.nq}x{case.nk}"
-        return (f"{case.label}[{case.dtype}-{mode.replace(' ', '')}-{mask}-B{case.b}-H{case.h}-"
-                f"{n}-D{case.d}]")
+        shown = f"{mode.replace(' ', '')}-{mask.replace(' ', '-')}"
+        return (f"{case.label}[{case.dtype}-{shown}-B{case.b}-"
+                f"{heads.replace('=', '').replace(' ', '-')}-{n}-D{case.d}]")
     if not case.mode:  # a foreign pytest-benchmark entry: it has a name and nothing else
         return case.label
     n = f"N={case.nq}" if case.nq == case.nk else f"Nq={case.nq} Nk={case.nk}"
     return (f"{case.label} {case.device} {case.dtype} {mode} {mask} B={case.b} "
-            f"H={case.h} {n} D={case.d}")
+            f"{heads} {n} D={case.d}")
 
 
 def mode_words(case: Any) -> str:

@@ -64,8 +64,9 @@ def test_repro_command_selects_exactly_the_flagged_case() -> None:
     assert "seq_lens=[256,512]" not in overrides  # the user's value for a case field is replaced
     (only,) = cases(sweep_settings(composed("config", overrides)).grid)
     assert only.key() == case.key() and only.spec.label == "sparse@bigbird"
-    # decode's own axes are set only for decode cases: a base tree older than decode has none
-    decode_axes = {"decode_tokens", "decode_contexts"}
+    # decode's and GQA's axes are set only for such cases (an older base tree has none);
+    # head_dim pins D, so a user's head_dims axis is dropped from the replay
+    decode_axes = {"decode_tokens", "decode_contexts", "kv_heads", "head_dims"}
     assert {o.partition("=")[0] for o in case_overrides(verdict)} == set(CASE_FIELDS) - decode_axes
 
 

@@ -167,3 +167,25 @@ def test_the_support_matrix_agrees_with_what_decode_runs() -> None:
         if spec in REFUSING:
             assert cells[spec.label] == spec.variant.decode_reason(spec.cfg)
     assert DTYPES["fp32"] == torch.float32
+
+
+def test_the_report_shows_decode_settings_with_cache_figure_and_which_one(tmp_path) -> None:
+    """Decode rows (two contexts, two variants) make a decode section: step time and cache
+    tables by context N, the decode figure, and the which-one table; fit exponents too."""
+    import json
+
+    from harness.report import build
+    from harness.results import load
+
+    settings = MeasureSettings(min_run_time=0.01, roof=True)
+    picked = [s for s in DECODING if s.label in ("sdpa", "linear")]
+    rows = [measure(decode_case(spec, n, 1, b=1, h=2), settings)
+            for spec in picked for n in (256, 1024)]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "rows.jsonl").write_text("".join(json.dumps(r.to_json()) + "\n" for r in rows))
+    report = build(load([run], allow_no_manifest=True), tmp_path / "out", "sdpa")
+    text = report.read_text()
+    assert "decode t=1" in text and "Cache the step reads (MiB" in text
+    assert "Which one: the fastest exact variant" in text
+    assert list((tmp_path / "out" / "figures").glob("decode_*.png"))

@@ -248,3 +248,14 @@ def test_ctrl_c_keeps_rows_and_says_how_to_resume(harness_env, tmp_path: Path) -
     assert f"resume={out}" in err and "Traceback" not in err
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "interrupted" and manifest["rows"] == len(read_rows(out)) >= 3
+
+
+def test_head_dims_is_an_axis_and_head_dim_its_single_value() -> None:
+    """head_dims=[64,128,256] spans D; without it head_dim is the one D; bad values named."""
+    over = ["sweep=smoke", "variants=[sdpa]", "seq_lens=[128]", "modes=[fwd]", "causal=[false]"]
+    grid = sweep_settings(composed("config", [*over, "head_dims=[64,128,256]"])).grid
+    assert [c.d for c in cases(grid)] == [64, 128, 256]
+    grid = sweep_settings(composed("config", [*over, "head_dim=96"])).grid
+    assert [c.d for c in cases(grid)] == [96]
+    with pytest.raises(ConfigError, match="head_dims"):
+        sweep_settings(composed("config", [*over, "head_dims=[0]"]))

@@ -14,7 +14,8 @@ from collections.abc import Iterable
 from variants.contract import ContractError, Variant, load_module
 
 #: modules of this package that are not variants
-HELPERS = frozenset({"contract", "decoding", "memory_models", "patterns", "sparse_kernels"})
+HELPERS = frozenset({"contract", "decoding", "grouping", "memory_models", "patterns",
+                     "sparse_kernels"})
 
 
 def discover() -> dict[str, str]:

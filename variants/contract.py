@@ -20,7 +20,8 @@ A variant is one module ``variants/<NAME>.py`` (found by name: variants/__init__
   variant's analytic memory model (``variants/memory_models.py`` has the family formulas);
   without it, reports show no expectation beside the measured peak.
 - ``attention(q, k, v, *, causal, scale, cfg) -> Tensor`` with q (B, H, Nq, D) and k, v
-  (B, H, Nk, D); output (B, H, Nq, D) in the input dtype. ``scale`` None means 1/sqrt(D).
+  (B, H, Nk, D), or (B, Hkv, Nk, D) when ``SUPPORTS.gqa`` (query head h reads kv head
+  h // (H / Hkv)); output (B, H, Nq, D) in the input dtype. ``scale`` None means 1/sqrt(D).
   It may raise ``Unavailable`` for inputs it cannot handle; it never falls back silently.
 - optional ``dispatched(shape, *, device, dtype, causal, backward, cfg) -> Mapping[str, str]``:
   for variants that hand the call to a library which picks a kernel (sdpa, xformers), what
@@ -79,31 +80,41 @@ ALL_DTYPES: frozenset[torch.dtype] = frozenset(DTYPES.values())
 
 @dataclass(frozen=True)
 class Shape:
-    """An attention problem size: q (B, H, Nq, D), k/v (B, H, Nk, D)."""
+    """An attention problem size: q (B, H, Nq, D), k/v (B, Hkv, Nk, D); ``hkv`` 0 means
+    Hkv = H (every query head has its own keys), else H is a multiple of it (GQA, MQA)."""
 
     b: int
     h: int
     nq: int
     nk: int
     d: int
+    hkv: int = 0
+
+    @property
+    def kv_heads(self) -> int:
+        """Heads of k and v: H, or Hkv for grouped queries."""
+        return self.hkv or self.h
 
     def label(self) -> str:
-        """Short human label such as B2 H3 Nq127 Nk257 D64."""
-        return f"B{self.b} H{self.h} Nq{self.nq} Nk{self.nk} D{self.d}"
+        """Short human label such as B2 H3 Nq127 Nk257 D64 (Hkv1 when grouped)."""
+        kv = f" Hkv{self.hkv}" if self.hkv else ""
+        return f"B{self.b} H{self.h}{kv} Nq{self.nq} Nk{self.nk} D{self.d}"
 
 
 @dataclass(frozen=True)
 class Supports:
-    """What a variant can run: devices, dtypes, causal masking, backward, and whether its
+    """What a variant can run: devices, dtypes, causal masking, backward, whether its
     ``attention`` is measured through ``torch.compile`` too (``compile=[true]``): True for
     variants written in plain PyTorch ops; False for a library's kernel (sdpa, xformers) or a
-    variant that compiles itself."""
+    variant that compiles itself; and ``gqa``: whether ``attention`` (and ``decode``) take
+    k, v of Hkv heads for q of H = G Hkv heads, query head h reading kv head h // G."""
 
     devices: frozenset[str] = ALL_DEVICES
     dtypes: frozenset[torch.dtype] = ALL_DTYPES
     causal: bool = True
     backward: bool = True
     compile: bool = False
+    gqa: bool = False  # k, v with fewer heads than q (Hq a multiple of Hkv: GQA, MQA)
 
 
 #: score(s, h, q_idx, kv_idx, heads) -> s: a FlexAttention score_mod given the head count

@@ -34,6 +34,7 @@ from torch.autograd.function import once_differentiable
 from variants import memory_models
 from variants.contract import LinearAttention, Supports, always_available
 from variants.decoding import nbytes
+from variants.grouping import fold, group_size, per_group, repeat_rows, unfold
 
 NAME = "linear"
 #: Row blocks hold about this many values per (B, H, rows, D) temporary (2 MiB in fp32), far
@@ -56,7 +57,7 @@ class Config:
 
 
 PRESETS: dict[str, Config] = {}
-SUPPORTS = Supports(compile=True)  # every device and dtype, causal, backward, compile
+SUPPORTS = Supports(compile=True, gqa=True)  # every device, dtype and mode
 
 
 def feature_map(x: torch.Tensor) -> torch.Tensor:
@@ -407,7 +408,14 @@ def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     causal: bool = False, scale: float | None = None, cfg: Config = Config(),
 ) -> torch.Tensor:
-    """Normalised linear attention: q (B, H, Nq, D), k/v (B, H, Nk, D) -> (B, H, Nq, D)."""
+    """Normalised linear attention: q (B, H, Nq, D), k/v (B, Hkv, Nk, D) -> (B, H, Nq, D).
+    Grouped queries fold onto their kv head's state when not causal; causal chunks follow row
+    positions, so they run one group member at a time (variants/grouping.py)."""
+    g = group_size(q, k)
+    if g > 1 and causal:
+        return per_group(lambda qg, kg, vg: attention(qg, kg, vg, causal=True, cfg=cfg), q, k, v)
+    if g > 1:
+        return unfold(attention(fold(q, k.shape[1]), k, v, causal=False, cfg=cfg), q.shape[1])
     tracked = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     if causal:
         if tracked:
@@ -450,11 +458,14 @@ def decode(
     """t new tokens (B, H, t, D): each reads the state, plus the new keys up to itself
     (a (t, t) lower-triangular product); the state gains the new keys. O(t D Dv) per head,
     independent of the context's length."""
-    work = _work_dtype(q.dtype)
-    fq, fk, vw = feature_map(q.to(work)), feature_map(k.to(work)), v.to(work)  # (B, H, t, D)
-    a = (fq @ fk.transpose(-2, -1)).tril_()  # (B, H, t, t): new key j <= new query i
-    num = fq @ cache.s + a @ vw  # (B, H, t, Dv)
-    den = _dot(fq, cache.z).add_(a.sum(dim=-1, keepdim=True)).add_(cfg.eps)  # (B, H, t, 1)
+    work, (heads, t) = _work_dtype(q.dtype), q.shape[1:3]
+    g = group_size(q, k)
+    fq = feature_map(fold(q, k.shape[1]).to(work))  # (B, Hkv, G t, D): grouped queries fold
+    fk, vw = feature_map(k.to(work)), v.to(work)  # (B, Hkv, t, D)
+    keep = repeat_rows(torch.ones(t, t, dtype=torch.bool, device=q.device).tril_(), g)
+    a = (fq @ fk.transpose(-2, -1)).mul_(keep)  # (B, Hkv, G t, t): new key j <= new query i
+    num = fq @ cache.s + a @ vw  # (B, Hkv, G t, Dv)
+    den = _dot(fq, cache.z).add_(a.sum(dim=-1, keepdim=True)).add_(cfg.eps)  # (B, Hkv, G t, 1)
     after = State(cache.s + fk.transpose(-2, -1) @ vw, cache.z + fk.sum(dim=-2),
-                  cache.length + q.shape[-2])
-    return num.div_(den).to(q.dtype), after  # (B, H, t, Dv)
+                  cache.length + t)
+    return unfold(num.div_(den).to(q.dtype), heads), after  # (B, H, t, Dv)

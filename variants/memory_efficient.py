@@ -36,6 +36,7 @@ from torch.autograd.function import once_differentiable
 from variants import memory_models
 from variants.contract import SoftmaxAttention, Supports, always_available, default_scale
 from variants.decoding import KVCache, step_keep
+from variants.grouping import fold, group_size, per_group, repeat_rows, unfold
 
 LOG2E = 1.4426950408889634  # 1 / ln 2: scores in base 2 turn every exp into a cheaper exp2
 SUM_LIMIT = 2.0**64  # a later tile's row sum above this is redone with its own max
@@ -70,7 +71,7 @@ class Config:
 
 
 PRESETS: dict[str, Config] = {"small_tiles": Config(block_q=128, block_k=128)}
-SUPPORTS = Supports(compile=True)  # every device and dtype, causal, backward, compile
+SUPPORTS = Supports(compile=True, gqa=True)  # every device, dtype and mode
 
 
 def computes(cfg: Config) -> SoftmaxAttention:
@@ -306,11 +307,18 @@ def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     causal: bool = False, scale: float | None = None, cfg: Config = Config(),
 ) -> torch.Tensor:
-    """Exact softmax(Q K^T * scale) V in O(N) memory; (B, H, Nq, D) in the input dtype."""
+    """Exact softmax(Q K^T * scale) V in O(N) memory; (B, H, Nq, D) in the input dtype.
+    Grouped queries (k, v of Hkv < H heads) fold onto their kv head when rows are independent
+    (not causal); causal tiles skip by row position, so they run one group member at a time."""
     scale = default_scale(q.shape[-1], scale)
+    g = group_size(q, k)
+    if g > 1 and causal:
+        return per_group(lambda qg, kg, vg: attention(qg, kg, vg, causal=True, scale=scale,
+                                                      cfg=cfg), q, k, v)
+    qf = fold(q, k.shape[1])  # (B, Hkv, G Nq, D)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        return _MemoryEfficientAttention.apply(q, k, v, scale, causal, cfg)
-    return _forward(q, k, v, scale, causal, cfg)[0]
+        return unfold(_MemoryEfficientAttention.apply(qf, k, v, scale, causal, cfg), q.shape[1])
+    return unfold(_forward(qf, k, v, scale, causal, cfg)[0], q.shape[1])
 
 
 def prefill(k: torch.Tensor, v: torch.Tensor, *, capacity: int, cfg: Config = Config()
@@ -326,9 +334,11 @@ def decode(
     """t new queries against the cache, tiled over the cached keys (split-K, merged by the
     online softmax): one (B, H, t, block_k) score tile at a time, O(t) rows besides."""
     cache = cache.append(k, v)
-    keep = step_keep(q.shape[-2], cache.length, q.device)  # (t, L + t) or None for t = 1
+    g, heads = group_size(q, k), q.shape[1]
+    keep = repeat_rows(step_keep(q.shape[-2], cache.length, q.device), g)  # (G t, L + t)
     ct = _compute_dtype(q.dtype)
-    qs = q.to(ct) * (default_scale(q.shape[-1], scale) * LOG2E)  # (B, H, t, D), base 2
+    q = fold(q, k.shape[1])  # (B, Hkv, G t, D): grouped queries share their kv head's tiles
+    qs = q.to(ct) * (default_scale(q.shape[-1], scale) * LOG2E)  # (B, Hkv, G t, D), base 2
     keys, values = cache.keys(), cache.values()  # (B, H, L + t, D) views
     row_max = torch.full((*q.shape[:-1], 1), float("-inf"), dtype=ct, device=q.device)
     row_sum = torch.zeros_like(row_max)  # (B, H, t, 1)
@@ -343,4 +353,4 @@ def decode(
         row_sum = row_sum.mul_(alpha).add_(p.sum(dim=-1, keepdim=True))
         acc = acc.mul_(alpha).add_(p @ values[:, :, j0:j1].to(ct))  # (B, H, t, Dv)
         row_max = new_max
-    return acc.div_(row_sum).to(q.dtype), cache  # (B, H, t, Dv)
+    return unfold(acc.div_(row_sum).to(q.dtype), heads), cache  # (B, H, t, Dv)

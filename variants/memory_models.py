@@ -15,7 +15,7 @@ import torch
 from variants.contract import Shape
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Dims(Shape):
     """A problem size plus the element sizes a memory model needs."""
 
@@ -44,7 +44,7 @@ def dims(
     """Dims for a dtype; compute dtype is float32 for bf16/fp16 if the variant upcasts."""
     e = torch.empty((), dtype=dtype).element_size()
     c = 4 if upcast_low_precision and e < 4 else e
-    return Dims(b, h, nq, nk, d, e, c)
+    return Dims(b, h, nq, nk, d, e=e, c=c)
 
 
 def materialised(m: Dims, *, causal: bool, backward: bool) -> int:

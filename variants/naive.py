@@ -21,6 +21,7 @@ from variants.contract import (
     default_scale,
 )
 from variants.decoding import KVCache, step_keep
+from variants.grouping import fold, group_size, repeat_rows, unfold
 
 NAME = "naive"
 
@@ -31,7 +32,7 @@ class Config:
 
 
 PRESETS: dict[str, Config] = {}
-SUPPORTS = Supports(compile=True)  # every device and dtype, causal, backward, compile
+SUPPORTS = Supports(compile=True, gqa=True)  # every device, dtype and mode
 
 
 def computes(cfg: Config) -> SoftmaxAttention:
@@ -90,9 +91,13 @@ def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     causal: bool = False, scale: float | None = None, cfg: Any = None,
 ) -> torch.Tensor:
-    """softmax(Q K^T * scale) V; q (B, H, Nq, D), k/v (B, H, Nk, D) -> (B, H, Nq, D)."""
+    """softmax(Q K^T * scale) V; q (B, H, Nq, D), k/v (B, Hkv, Nk, D) -> (B, H, Nq, D);
+    grouped queries fold onto their kv head (variants/grouping.py), no K/V repeated."""
+    g = group_size(q, k)
     keep = causal_keep(q.shape[-2], k.shape[-2], q.device) if causal else None
-    return masked_softmax_attention(q, k, v, default_scale(q.shape[-1], scale), keep)
+    out = masked_softmax_attention(fold(q, k.shape[1]), k, v, default_scale(q.shape[-1], scale),
+                                   repeat_rows(keep, g))  # (B, Hkv, G Nq, D)
+    return unfold(out, q.shape[1])  # (B, H, Nq, D)
 
 
 def prefill(k: torch.Tensor, v: torch.Tensor, *, capacity: int, cfg: Any = None) -> KVCache:
@@ -106,7 +111,30 @@ def decode(
 ) -> tuple[torch.Tensor, KVCache]:
     """t new queries (B, H, t, D) against the cache and themselves (causal), the textbook way."""
     cache = cache.append(k, v)
+    g = group_size(q, k)
     keep = step_keep(q.shape[-2], cache.length, q.device)  # (t, L + t) or None for t = 1
-    out = masked_softmax_attention(q, cache.keys(), cache.values(),
-                                   default_scale(q.shape[-1], scale), keep)
-    return out, cache  # (B, H, t, D)
+    out = masked_softmax_attention(fold(q, k.shape[1]), cache.keys(), cache.values(),
+                                   default_scale(q.shape[-1], scale), repeat_rows(keep, g))
+    return unfold(out, q.shape[1]), cache  # (B, H, t, D)
+
+
+def padding_keep(lengths: tuple[int, ...], nk: int, device: torch.device | str) -> torch.Tensor:
+    """Key-padding mask (B, 1, 1, Nk): True for the keys of each sequence's own length."""
+    keys = torch.arange(nk, device=device)[None, :]  # (1, Nk)
+    return (keys < torch.tensor(lengths, device=device)[:, None])[:, None, None, :]
+
+
+def attention_padded(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: tuple[int, ...], *,
+    causal: bool = False, scale: float | None = None, cfg: Any = None,
+) -> torch.Tensor:
+    """A padded ragged batch: keys past each sequence's length masked (and causal on top);
+    q (B, H, N, D), k, v (B, Hkv, N, D) -> (B, H, N, D), rows past a length unspecified."""
+    n, nk, g = q.shape[-2], k.shape[-2], group_size(q, k)
+    keep = padding_keep(lengths, nk, q.device)  # (B, 1, 1, Nk)
+    if causal:
+        keep = keep & causal_keep(n, nk, q.device)  # (B, 1, N, Nk)
+    keep = keep.expand(-1, -1, n, -1).repeat(1, 1, g, 1)  # (B, 1, G N, Nk) for folded rows
+    out = masked_softmax_attention(fold(q, k.shape[1]), k, v, default_scale(q.shape[-1], scale),
+                                   keep)  # (B, Hkv, G N, D)
+    return unfold(out, q.shape[1])  # (B, H, N, D)

@@ -20,6 +20,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from variants import memory_models
 from variants.contract import Shape, SoftmaxAttention, Supports, Unavailable
 from variants.decoding import KVCache, step_keep
+from variants.naive import causal_keep, padding_keep
 
 NAME = "sdpa"
 
@@ -57,7 +58,7 @@ class Config:
 
 
 PRESETS: dict[str, Config] = {name: Config(backend=name) for name in BACKENDS if name != "auto"}
-SUPPORTS = Supports()  # every device and dtype, causal and backward
+SUPPORTS = Supports(gqa=True)  # every device and dtype, causal, backward, GQA (enable_gqa)
 
 
 def computes(cfg: Config) -> SoftmaxAttention:
@@ -88,9 +89,10 @@ def dispatched(shape: Shape, *, device: str, dtype: torch.dtype, causal: bool,
     if name == "auto":
         q = torch.empty(shape.b, shape.h, shape.nq, shape.d, device=device, dtype=dtype,
                         requires_grad=backward)  # (B, H, Nq, D)
-        k = torch.empty(shape.b, shape.h, shape.nk, shape.d, device=device, dtype=dtype,
-                        requires_grad=backward)  # (B, H, Nk, D)
-        choice = SDPBackend(torch._fused_sdp_choice(q, k, k, None, 0.0, causal))
+        k = torch.empty(shape.b, shape.kv_heads, shape.nk, shape.d, device=device,
+                        dtype=dtype, requires_grad=backward)  # (B, Hkv, Nk, D)
+        choice = SDPBackend(torch._fused_sdp_choice(q, k, k, None, 0.0, causal,
+                                                    enable_gqa=bool(shape.hkv)))
         name = next((n for n, b in BACKENDS.items() if b == choice), choice.name)
     what = f"sdpa {name}: {KERNELS.get(name, 'no kernel')}"
     return {"forward": what, **({"backward": what} if backward else {})}
@@ -127,15 +129,15 @@ def _sdpa(
 ) -> torch.Tensor:
     """One scaled_dot_product_attention call on the config's backend (None: PyTorch picks);
     a pinned backend that cannot run it raises Unavailable with PyTorch's reasons."""
-    backend = BACKENDS[cfg.backend]
+    backend, gqa = BACKENDS[cfg.backend], k.shape[1] != q.shape[1]  # enable_gqa: Hkv < H
     if backend is None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                              scale=scale)
+                                              scale=scale, enable_gqa=gqa)
     with warnings.catch_warnings(record=True) as caught, sdpa_kernel([backend]):
         warnings.simplefilter("always")
         try:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                                  scale=scale)
+                                                  scale=scale, enable_gqa=gqa)
         except RuntimeError as exc:
             if not NO_KERNEL.search(str(exc)):
                 raise
@@ -160,3 +162,17 @@ def decode(
     keep = step_keep(q.shape[-2], cache.length, q.device)  # (t, L + t) or None for t = 1
     out = _sdpa(q, cache.keys(), cache.values(), causal=False, mask=keep, scale=scale, cfg=cfg)
     return out, cache  # (B, H, t, D)
+
+
+def attention_padded(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: tuple[int, ...], *,
+    causal: bool = False, scale: float | None = None, cfg: Config = Config(),
+) -> torch.Tensor:
+    """A padded ragged batch in one SDPA call: a (B, 1, N, Nk) bool mask of each sequence's
+    keys (causal folded in, since is_causal cannot combine with a mask); rows past a length
+    unspecified."""
+    n, nk = q.shape[-2], k.shape[-2]
+    keep = padding_keep(lengths, nk, q.device)  # (B, 1, 1, Nk)
+    if causal:
+        keep = keep & causal_keep(n, nk, q.device)  # (B, 1, N, Nk)
+    return _sdpa(q, k, v, causal=False, mask=keep, scale=scale, cfg=cfg)

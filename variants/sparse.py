@@ -53,6 +53,7 @@ from variants import memory_models, patterns
 from variants import sparse_kernels as kernels
 from variants.contract import SparseSoftmax, Supports, always_available, default_scale
 from variants.decoding import WindowCache, window_step_keep
+from variants.grouping import fold, group_size, per_group, repeat_rows, unfold
 from variants.naive import masked_softmax_attention
 
 NAME = "sparse"
@@ -90,7 +91,7 @@ class Config:
 
 
 PRESETS: dict[str, Config] = {name: Config(pattern=name) for name in PATTERNS}
-SUPPORTS = Supports(compile=True)  # every device and dtype, causal, backward, compile
+SUPPORTS = Supports(compile=True, gqa=True)  # every device, dtype and mode
 
 
 # ---------------------------------------------------------------- patterns (dense, for the oracle)
@@ -307,7 +308,11 @@ def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     causal: bool = False, scale: float | None = None, cfg: Config = Config(),
 ) -> torch.Tensor:
-    """Sparse softmax attention: q (B, H, Nq, D), k/v (B, H, Nk, D) -> (B, H, Nq, D)."""
+    """Sparse softmax attention: q (B, H, Nq, D), k/v (B, Hkv, Nk, D) -> (B, H, Nq, D);
+    grouped queries run one group member at a time, sharing k and v (variants/grouping.py)."""
+    if group_size(q, k) > 1:
+        return per_group(lambda qg, kg, vg: attention(qg, kg, vg, causal=causal, scale=scale,
+                                                      cfg=cfg), q, k, v)
     (b, h, nq, d), nk = q.shape, k.shape[-2]
     work = torch.float32 if q.dtype in (torch.bfloat16, torch.float16) else q.dtype
     qw = q.to(work).reshape(b * h, nq, d)  # (B H, Nq, D)
@@ -338,7 +343,9 @@ def decode(
 ) -> tuple[torch.Tensor, WindowCache]:
     """t new queries against the last w cached keys and the new ones (query - key in
     [0, w]): O(w) per token whatever the context; the cache keeps the last w."""
-    keys, values = cache.extended(k, v)  # (B, H, <=w + t, D)
+    keys, values = cache.extended(k, v)  # (B, Hkv, <=w + t, D)
     keep = window_step_keep(q.shape[-2], keys.shape[-2], cfg.window, q.device)  # (t, <=w + t)
-    out = masked_softmax_attention(q, keys, values, default_scale(q.shape[-1], scale), keep)
-    return out, cache.after(keys, values, q.shape[-2])  # (B, H, t, D)
+    out = masked_softmax_attention(fold(q, k.shape[1]), keys, values,
+                                   default_scale(q.shape[-1], scale),
+                                   repeat_rows(keep, group_size(q, k)))  # (B, Hkv, G t, D)
+    return unfold(out, q.shape[1]), cache.after(keys, values, q.shape[-2])  # (B, H, t, D)
