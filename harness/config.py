@@ -134,9 +134,21 @@ class SweepConf(MeasureConf):
     memory_margin: float = 0.8  # predicted peak must fit in this fraction of free memory
     paced: bool = False  # harness ab: wait for a line on stdin before each case
     budget_s: float = 0.0  # seconds for the sweep (0: none); cases left then are skipped rows
+    longest: bool = False  # search each series' longest N within memory_budget_mib instead
+    memory_budget_mib: float = 0.0  # longest: the budget (0: memory_margin x free at start)
+    longest_max_n: int = 262144  # longest: never probe beyond this N
+    longest_resolution: int = 256  # longest: bisect until the bracket is this narrow
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not self.memory_budget_mib >= 0:
+            raise ConfigError(f"memory_budget_mib: must be >= 0 MiB (0 = memory_margin of the "
+                              f"free memory), got {self.memory_budget_mib!r}")
+        for name in ("longest_max_n", "longest_resolution"):
+            positive_ints(name, [getattr(self, name)])
+        if self.longest and any("/" in r for r in self.ragged):
+            raise ConfigError("ragged: explicit lengths fix N; longest=true searches N "
+                              "(allowed there: uniform:F)")
         if not 0 < self.memory_margin <= 1:
             raise ConfigError(f"memory_margin: must be in (0, 1], got {self.memory_margin!r}")
         if not self.budget_s >= 0:
@@ -200,6 +212,10 @@ class SweepSettings:
     paced: bool
     resume: bool  # completing an existing run directory (else it must be new)
     budget_s: float  # seconds for the sweep; once spent, the cases left are skipped (0: none)
+    longest: bool  # search each series' longest N within memory_budget_mib
+    memory_budget_mib: float  # 0: memory_margin x the free memory at the start
+    longest_max_n: int
+    longest_resolution: int
 
 
 @dataclass(frozen=True)
@@ -387,7 +403,10 @@ def sweep_settings(conf: SweepConf) -> SweepSettings:
     """Resolve a SweepConf into frozen settings, before any work is done or anything written."""
     return SweepSettings(grid=grid_settings(conf), preset=conf.preset, force=conf.force,
                          memory_margin=conf.memory_margin, paced=conf.paced,
-                         resume=bool(conf.resume), budget_s=conf.budget_s)
+                         resume=bool(conf.resume), budget_s=conf.budget_s,
+                         longest=conf.longest, memory_budget_mib=conf.memory_budget_mib,
+                         longest_max_n=conf.longest_max_n,
+                         longest_resolution=conf.longest_resolution)
 
 
 def check_settings(conf: CheckConf) -> CheckSettings:

@@ -20,6 +20,7 @@ from pathlib import Path
 import harness.report_decode  # noqa: F401  (registers the decode figure)
 from harness.report_data import Footnotes, cell, group, peak_mib, scaling_table
 from harness.report_figures import FigureKind, FigureView, registered
+from harness.report_longest import longest_lines
 from harness.report_plot import colours, save
 from harness.report_roofline import roofline_lines  # registers the roofline figure too
 from harness.report_text import (
@@ -120,7 +121,7 @@ def build(results: ResultSet, out: Path, baseline: str) -> Path:
     exact = [b for b in dict.fromkeys([baseline, "sdpa"]) if any(r.label == b for r in rows)]
     lines = [f"# attnbench report: {results.name}", "", *fingerprint_lines(results), "",
              *missing_lines(rows, baseline), "", *variant_lines(rows), "",
-             *support_lines(_support(results)),
+             *support_lines(_support(results)), *longest_lines(rows, results.manifests),
              *scaling_lines(scaling_table(groups, exact), exact), "",
              *fault_lines(rows), "", *roofline_lines(rows), "",
              *run_figures(run, fig_dir)]

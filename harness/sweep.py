@@ -34,13 +34,14 @@ from harness.fingerprint import fingerprint
 from harness.flops import measure_roof
 from harness.grid import cases
 from harness.interop import to_pytest_benchmark
+from harness.longest import first_guess, search, templates, with_n
 from harness.measure import base_row
 from harness.memory import MIB
 from harness.rows import Row
 from harness.rundir import FREE_KEYS
 from harness.store import RunStore, StoreError, iter_status_counts, measured_machine
 from harness.support import as_records, support_matrix
-from harness.vocab import BUDGET_PREFIX, DECODE, MEASURED, PACE_PREFIX, Status
+from harness.vocab import BUDGET_PREFIX, DECODE, MEASURED, PACE_PREFIX, Status, describe
 from harness.worker import Supervisor
 from variants.contract import DTYPES
 
@@ -179,8 +180,12 @@ def _sweep(s: SweepSettings, store: RunStore, resolved: dict[str, Any],
     roofs: list[dict[str, Any]] = list(previous.get("roofs", []))
     if s.paced:
         _pace_signal(f"ready {len(todo)} {out_dir.resolve()}")
+    longest = {"budget_mib": longest_budget(s) / MIB} if s.longest else {}
     try:
-        _run_cases(todo, s, store, frontier, roofs, budget)
+        if s.longest:
+            _run_longest(all_cases, s, store, longest)
+        else:
+            _run_cases(todo, s, store, frontier, roofs, budget)
         status = "complete"
     except (KeyboardInterrupt, PaceEnded):
         print(f"\ninterrupted: {len(store.rows())} rows kept in {out_dir}; finish them with "
@@ -191,7 +196,8 @@ def _sweep(s: SweepSettings, store: RunStore, resolved: dict[str, Any],
                                       finished=dt.datetime.now(dt.UTC).isoformat(),
                                       cases_total=len(all_cases), extensions=extensions,
                                       dropped=store.dropped, roofs=roofs,
-                                      **({"budget": budget} if budget else {})))
+                                      **({"budget": budget} if budget else {}),
+                                      **({"longest": longest} if longest else {})))
     if budget.get("skipped"):
         print(f"budget: {budget['skipped']} of {len(todo)} cases skipped, not attempted: "
               f"budget_s={s.budget_s:g} s was spent after {budget['spent_after_cases']} "
@@ -248,6 +254,42 @@ def _run_cases(todo: list[Case], s: SweepSettings, store: RunStore,
                 _pace_signal("done")
         if s.paced:  # stop the worker and write outputs only once the other side of an A/B
             sys.stdin.readline()  # run has measured its last case too
+
+
+def longest_budget(s: SweepSettings) -> float:
+    """The longest search's budget in bytes: memory_budget_mib, or memory_margin of what is
+    free now."""
+    if s.memory_budget_mib:
+        return s.memory_budget_mib * MIB
+    return s.memory_margin * free_bytes(s.grid.device)
+
+
+def _run_longest(all_cases: list[Case], s: SweepSettings, store: RunStore,
+                 record: dict[str, Any]) -> None:
+    """Search each series' longest N that fits the budget (harness/longest.py); every probe
+    a supervised case appended as a row; a probe already in the store is not run again."""
+    budget = record["budget_mib"] * MIB
+    done = {r.key: r for r in store.rows()}
+    answers = []
+    with Supervisor(timeout_s=s.grid.timeout_s, env=s.grid.worker_env) as sup:
+        def probe(case: Case) -> Row:
+            if case.key() in done:
+                return done[case.key()]
+            reason = skip_reason(case, {}, s, free_bytes(case.device))
+            row = (replace(base_row(case), status=Status.SKIPPED, reason=reason) if reason
+                   else sup.run(case, s.grid.measure))
+            store.append(row)
+            done[row.key] = row
+            print(f"{describe(case)}: {row.status}", file=sys.stderr, flush=True)
+            return row
+
+        for template in templates(all_cases):
+            guess = first_guess(template, budget, predicted_bytes, s.longest_max_n)
+            answer = search(template, budget, probe, guess=guess, max_n=s.longest_max_n,
+                            resolution=s.longest_resolution)
+            answers.append({"case": describe(with_n(template, answer.longest or 1)),
+                            "longest": answer.longest, "too_long": answer.too_long})
+    record["answers"] = answers
 
 
 class PaceEnded(KeyboardInterrupt):
