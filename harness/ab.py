@@ -39,7 +39,8 @@ TREES = REPO / ".ab-trees"  # git-ignored: detached worktrees of the revisions m
 USAGE_ERROR = 2
 #: sweep fields that pin one case; a re-measure command sets them all
 CASE_FIELDS = ("variants", "device", "dtypes", "modes", "causal", "batch_sizes", "seq_lens",
-               "heads", "head_dim", "decode_tokens", "decode_contexts", "kv_heads", "head_dims")
+               "heads", "head_dim", "decode_tokens", "decode_contexts", "kv_heads", "head_dims",
+               "v_head_dim", "ragged", "ragged_forms")
 
 
 class AbError(RuntimeError):
@@ -204,7 +205,10 @@ def case_overrides(v: Verdict) -> list[str]:
             f"head_dim={k['d']}",
             *([f"decode_tokens=[{k['new_tokens']}]", f"decode_contexts=[{k['nq']}]"]
               if k.get("new_tokens") else []),
-            *([f"kv_heads=[{k['kv_heads']}]"] if k.get("kv_heads") else [])]
+            *([f"kv_heads=[{k['kv_heads']}]"] if k.get("kv_heads") else []),
+            *([f"v_head_dim={k['dv']}"] if k.get("dv") else []),
+            *([f"ragged=[{k['ragged']}]", f"ragged_forms=[{k['ragged_form']}]"]
+              if k.get("ragged") else [])]
 
 
 def ab_command(sides: list[Side], overrides: list[str]) -> list[str]:

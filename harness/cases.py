@@ -32,6 +32,7 @@ class Case:
     kv_heads: int = 0  # grouped queries: k, v heads (h a multiple of it); 0: h of them
     ragged: str = ""  # ragged batch: how lengths are drawn (harness/ragged.py); "": equal
     ragged_form: str = ""  # ragged batch: padded or packed
+    dv: int = 0  # the value head dim when it differs from d (0: d)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -55,11 +56,14 @@ class Case:
         for name in ("b", "h", "nq", "nk", "d"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        if self.dv < 0 or self.dv == self.d:
+            raise ValueError(f"dv must be a positive int other than d={self.d} (0: d), got "
+                             f"{self.dv!r}")
 
     @property
     def shape(self) -> Shape:
         """The problem size as an oracle Shape."""
-        return Shape(self.b, self.h, self.nq, self.nk, self.d, self.kv_heads)
+        return Shape(self.b, self.h, self.nq, self.nk, self.d, self.kv_heads, self.dv)
 
     @property
     def lengths(self) -> tuple[int, ...]:

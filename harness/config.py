@@ -76,6 +76,8 @@ class MeasureConf:
     head_dim: int = 64
     head_dims: list[int] = field(default_factory=list)  # a D axis, e.g. [64,128,256]; empty:
     # [head_dim] (head_dim stays the one-D field every older command line and tree knows)
+    v_head_dim: int = 0  # the value head dim when it differs from D (192/128: head_dim=192,
+    # v_head_dim=128); 0: the same as D
     seq_lens: list[int] = field(default_factory=lambda: [1024])
     decode_tokens: list[int] = field(default_factory=lambda: [1])  # modes=[decode]: t a step
     decode_contexts: list[int] = field(default_factory=list)  # decode's N; empty: seq_lens
@@ -106,6 +108,9 @@ class MeasureConf:
             kv_heads_axis(self.kv_heads, self.heads)
         if self.head_dims:
             positive_ints("head_dims", self.head_dims)
+        if self.v_head_dim < 0:
+            raise ConfigError(f"v_head_dim: must be a positive int (0: the same as head_dim), "
+                              f"got {self.v_head_dim!r}")
         if self.ragged:
             ragged_axis(self.ragged, self.batch_sizes, self.seq_lens)
         choices("ragged_forms", self.ragged_forms, RAGGED_FORMS)
@@ -191,6 +196,7 @@ class GridSettings:
     heads: int
     kv_heads: tuple[int, ...]  # k/v heads of each case: 0 stands for heads (no grouping)
     head_dims: tuple[int, ...]  # D of each case
+    v_head_dim: int  # the value head dim; 0: D
     seq_lens: tuple[int, ...]
     decode_tokens: tuple[int, ...]  # decode cases: new tokens a step
     decode_contexts: tuple[int, ...]  # decode cases: the cached context N
@@ -380,6 +386,7 @@ def grid_settings(conf: MeasureConf) -> GridSettings:
         kv_heads=tuple(dict.fromkeys(0 if n == conf.heads else n
                                      for n in conf.kv_heads or [conf.heads])),
         head_dims=tuple(dict.fromkeys(conf.head_dims or [conf.head_dim])),
+        v_head_dim=conf.v_head_dim,
         seq_lens=tuple(conf.seq_lens),
         decode_tokens=tuple(dict.fromkeys(conf.decode_tokens)),
         decode_contexts=tuple(conf.decode_contexts or conf.seq_lens),

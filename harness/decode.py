@@ -44,14 +44,14 @@ def decode_shape(case: Case, max_scores: int) -> tuple[Shape, int]:
         return s, t
     h, hkv = reduced_heads(s)
     n = max(1, int(math.sqrt(max_scores / h)) - t)
-    return Shape(1, h, n, n, s.d, hkv), t
+    return Shape(1, h, n, n, s.d, hkv, s.dv), t
 
 
 def step_inputs(
     shape: Shape, t: int, *, dtype: torch.dtype, device: str, seed: int
 ) -> tuple[torch.Tensor, ...]:
     """q, k, v (B, H, N + t, D) of one seeded sequence of the context and the new tokens."""
-    full = Shape(shape.b, shape.h, shape.nk + t, shape.nk + t, shape.d, shape.hkv)
+    full = Shape(shape.b, shape.h, shape.nk + t, shape.nk + t, shape.d, shape.hkv, shape.dv)
     return make_inputs(full, dtype=dtype, device=device, seed=seed)[:3]
 
 
@@ -114,13 +114,13 @@ def step_call(case: Case, variant: Variant, seed: int) -> tuple[Callable[[], obj
     bytes."""
     dtype, n, t = DTYPES[case.dtype], case.nk, case.new_tokens
     gen = torch.Generator().manual_seed(seed)
-    b, h, hkv, d = case.b, case.h, case.shape.kv_heads, case.d
-    k, v = (torch.randn(b, hkv, n, d, generator=gen, dtype=dtype) for _ in range(2))
+    b, h, hkv, d, dv = case.b, case.h, case.shape.kv_heads, case.d, case.shape.value_dim
+    k, v = (torch.randn(b, hkv, n, dim, generator=gen, dtype=dtype) for dim in (d, dv))
     cache = variant.prefill(k.to(case.device), v.to(case.device), capacity=n + t,
                             cfg=case.spec.cfg)  # (B, H, N, D) prefix
     del k, v  # only the cache and the step's inputs stay alive
-    new = tuple(torch.randn(b, heads, t, d, generator=gen, dtype=dtype).to(case.device)
-                for heads in (h, hkv, hkv))  # q (B, H, t, D), k, v (B, Hkv, t, D)
+    new = tuple(torch.randn(b, heads, t, dim, generator=gen, dtype=dtype).to(case.device)
+                for heads, dim in ((h, d), (hkv, d), (hkv, dv)))  # q, k, v: (B, H|Hkv, t, D|Dv)
     step = checked_step(case, variant)
     held = int(cache.nbytes()) if callable(getattr(cache, "nbytes", None)) else 0
     return (lambda: step(*new, cache)), held
@@ -130,14 +130,15 @@ def predicted_step_bytes(case: Case) -> int:
     """What a decode case holds at most: the prefix drawn and its cache beside it (a K/V
     cache's size, an upper bound for the others), plus the step's inputs."""
     element = torch.empty((), dtype=DTYPES[case.dtype]).element_size()
-    per_token = case.b * case.shape.kv_heads * case.d * element
-    return 4 * (case.nk + case.new_tokens) * per_token
+    per_token = case.b * case.shape.kv_heads * (case.d + case.shape.value_dim) * element
+    return 2 * (case.nk + case.new_tokens) * per_token
 
 
 def step_io_bytes(case: Case, cache_bytes: int) -> int:
     """Bytes a step moves at least: the cache read once, the new q, k, v read and written
     into the cache, the output written."""
     element = torch.empty((), dtype=DTYPES[case.dtype]).element_size()
-    per_q, per_kv = (case.b * heads * case.d * element for heads in (case.h, case.shape.kv_heads))
-    return cache_bytes + case.new_tokens * (2 * per_q + 4 * per_kv)  # q, out; k, v in and cached
+    s = case.shape
+    token = case.b * element * (s.h * (s.d + s.value_dim) + 2 * s.kv_heads * (s.d + s.value_dim))
+    return cache_bytes + case.new_tokens * token  # q and out; k, v read and cached
 

@@ -30,20 +30,22 @@ def causal_pairs(nq: int, nk: int) -> int:
 
 
 def forward_flops(semantics: Semantics, b: int, h: int, nq: int, nk: int, d: int,
-                  causal: bool) -> int:
-    """FLOPs of one forward pass under the semantics' model."""
+                  causal: bool, dv: int | None = None) -> int:
+    """FLOPs of one forward pass under the semantics' model; ``dv``: the value head dim when
+    it differs from d (Q K^T costs 2 d, P V 2 dv a pair)."""
+    dv = dv or d
     if isinstance(semantics, LinearAttention):
-        return 2 * b * h * (nq + nk) * d * d
+        return 2 * b * h * (nq + nk) * d * dv
     if isinstance(semantics, SparseSoftmax) and semantics.dense:
-        return 4 * b * h * d * nq * nk
+        return 2 * b * h * (d + dv) * nq * nk
     if isinstance(semantics, SparseSoftmax):
         count = semantics.computed or semantics.kept
         if count is None:
             raise ValueError(f"sparse pattern {semantics.description!r} declares no kept() count")
-        return 4 * b * h * d * count(nq, nk, causal)
+        return 2 * b * h * (d + dv) * count(nq, nk, causal)
     if isinstance(semantics, SoftmaxAttention):
         pairs = causal_pairs(nq, nk) if causal else nq * nk
-        return 4 * b * h * d * pairs
+        return 2 * b * h * (d + dv) * pairs
     raise TypeError(f"unknown semantics {semantics!r}")
 
 
@@ -57,15 +59,15 @@ def flops_convention(semantics: Semantics, causal: bool) -> str:
 
 
 def mode_flops(semantics: Semantics, mode: str, b: int, h: int, nq: int, nk: int, d: int,
-               causal: bool, new_tokens: int = 0) -> int:
+               causal: bool, new_tokens: int = 0, dv: int | None = None) -> int:
     """FLOPs of the mode: fwd, bwd (factor x fwd), fwd+bwd, or a decode step: the last
     ``new_tokens`` rows of causal attention over nk + new_tokens tokens (for linear attention
     the state's update and reads, 4 t D^2 per head)."""
     if mode == DECODE:
         longer, n = nk + new_tokens, nk
-        return (forward_flops(semantics, b, h, longer, longer, d, True)
-                - forward_flops(semantics, b, h, n, n, d, True))
-    fwd = forward_flops(semantics, b, h, nq, nk, d, causal)
+        return (forward_flops(semantics, b, h, longer, longer, d, True, dv)
+                - forward_flops(semantics, b, h, n, n, d, True, dv))
+    fwd = forward_flops(semantics, b, h, nq, nk, d, causal, dv)
     bwd = round(BACKWARD_FACTOR[semantics.kind] * fwd)
     return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[mode]
 

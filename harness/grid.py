@@ -37,7 +37,7 @@ def cases(s: GridSettings) -> Iterator[Case]:
         for causal, b, n, tokens, (ragged, form) in axes:
             yield Case(spec, s.device, dtype, mode, causal, b, s.heads, n, n, d,
                        compile=compiled, new_tokens=tokens, kv_heads=kv, ragged=ragged,
-                       ragged_form=form)
+                       ragged_form=form, dv=0 if s.v_head_dim == d else s.v_head_dim)
 
 
 def measure_grid(s: GridSettings, progress: TextIO = sys.stderr) -> list[Row]:

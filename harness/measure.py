@@ -63,10 +63,10 @@ def check_shape(case: Case, max_scores: int) -> Shape:
     h, hkv = reduced_heads(shape)
     if case.ragged:  # keep every sequence of the batch, shorter
         n = max(1, int(math.sqrt(max_scores / (shape.b * h))))
-        return Shape(shape.b, h, n, n, shape.d, hkv)
+        return Shape(shape.b, h, n, n, shape.d, hkv, shape.dv)
     factor = min(1.0, math.sqrt(max_scores / (h * shape.nq * shape.nk)))
     nq, nk = max(1, int(shape.nq * factor)), max(1, int(shape.nk * factor))
-    return Shape(1, h, nq, nk, shape.d, hkv)
+    return Shape(1, h, nq, nk, shape.d, hkv, shape.dv)
 
 
 def base_row(case: Case) -> Row:
@@ -143,11 +143,13 @@ def _time(case: Case, s: MeasureSettings, threads: int, run: Callable[[], object
         timer = "cuda events" + (", L2 flushed between calls" if flush else "")
         faults = None
     else:
+        first = time.perf_counter()
         run()  # the untimed first call; faults are counted over every call after it
+        cold_s = time.perf_counter() - first  # >= min_run_time: blocks of one call
         counted, calls = counting(run)
         before = minor_faults()
         t = time_callable(counted, min_run_time=s.min_run_time, threads=threads,
-                          min_samples=s.min_samples)
+                          min_samples=s.min_samples, one_call_s=cold_s)
         faults = (minor_faults() - before) / calls[0]
         timer = "torch.utils.benchmark blocked_autorange"
     return {
@@ -198,7 +200,8 @@ def _model(case: Case, row: Row) -> dict[str, Any]:
     code runs)."""
     variant, cfg = case.spec.variant, case.spec.cfg
     flops = sum(mode_flops(variant.computes(cfg), case.mode, 1, case.h, n, n, case.d,
-                           case.causal) for n in case.lengths)  # real tokens' pairs only
+                           case.causal, dv=case.dv or None)
+                for n in case.lengths)  # real tokens' pairs only
     dims = (case.b, case.h, case.nq, case.nk, case.d)
     kw = {"dtype": DTYPES[case.dtype], "causal": case.causal, "cfg": cfg, "device": case.device}
     fwd = variant.expected_peak_bytes(*dims, backward=False, **kw)
@@ -252,7 +255,7 @@ def _measure_decode(case: Case, s: MeasureSettings, row: Row) -> Row:
     above its inputs and the cache's size (exceptions go to the caller)."""
     threads, variant = s.threads or torch.get_num_threads(), case.spec.variant
     step_shape = Shape(case.b, case.h, case.new_tokens, case.nk + case.new_tokens, case.d,
-                       case.kv_heads)
+                       case.kv_heads, case.dv)
     kernels = variant.dispatched(step_shape, device=case.device, dtype=DTYPES[case.dtype],
                                  causal=False, backward=False, cfg=case.spec.cfg)
     if kernels:  # t new queries against every key: no causal flag (a mask for t > 1)
@@ -269,7 +272,7 @@ def _measure_decode(case: Case, s: MeasureSettings, row: Row) -> Row:
         row = replace(row, peak_fwd_mib=peak_bytes(run, case.device) / MIB)
     moved = step_io_bytes(case, cache_bytes)
     flops = mode_flops(case.spec.variant.computes(case.spec.cfg), case.mode, case.b, case.h,
-                       case.nq, case.nk, case.d, True, case.new_tokens)
+                       case.nq, case.nk, case.d, True, case.new_tokens, dv=case.dv or None)
     seconds = row.median_ms * 1e-3 if row.median_ms else None
     row = replace(row, flops=flops, bytes_moved=moved,
                   gflops=flops / seconds / 1e9 if seconds else None,
@@ -322,6 +325,9 @@ def unavailable_reason(case: Case) -> str | None:
                 "attention_padded(): ragged_form=packed runs compiled")
     if case.ragged_form == "padded" and padded_reason(variant.module, variant.name):
         return padded_reason(variant.module, variant.name)
+    if case.dv and not variant.supports.value_dim:
+        return (f"{variant.name} takes v with q's head dim (Supports.value_dim is false): "
+                f"dv={case.dv} for d={case.d} does not run")
     if case.kv_heads and not variant.supports.gqa:
         return (f"{variant.name} takes k and v with as many heads as q (Supports.gqa is "
                 f"false): kv_heads={case.kv_heads} for h={case.h} does not run")

@@ -112,7 +112,7 @@ def reference(
 
 def reduced_heads(shape: Shape) -> tuple[int, int]:
     """(H, Hkv) of a smaller check shape: 2 heads, or one kv head's whole group when grouped."""
-    return (shape.h // shape.kv_heads, 1) if shape.hkv else (min(shape.h, 2), 0)
+    return (shape.h // shape.kv_heads, 1) if shape.hkv else (min(shape.h, 2), 0)  # GQA kept
 
 
 def per_query_head(q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
@@ -139,8 +139,8 @@ def make_inputs(
     s = shape
     q = torch.randn(s.b, s.h, s.nq, s.d, generator=gen, dtype=torch.float64) * logit_scale
     k = torch.randn(s.b, s.kv_heads, s.nk, s.d, generator=gen, dtype=torch.float64) * logit_scale
-    v = torch.randn(s.b, s.kv_heads, s.nk, s.d, generator=gen, dtype=torch.float64)
-    dout = torch.randn(s.b, s.h, s.nq, s.d, generator=gen, dtype=torch.float64)
+    v = torch.randn(s.b, s.kv_heads, s.nk, s.value_dim, generator=gen, dtype=torch.float64)
+    dout = torch.randn(s.b, s.h, s.nq, s.value_dim, generator=gen, dtype=torch.float64)
     return tuple(t.to(device=device, dtype=dtype) for t in (q, k, v, dout))
 
 

@@ -41,6 +41,7 @@ class Setting:
     kv_heads: int = 0  # grouped queries: k/v heads (a setting of its own per Hkv)
     ragged: str = ""  # ragged batches: the lengths' spec, and the form (padded, packed)
     ragged_form: str = ""
+    dv: int = 0  # the value head dim when not d
 
     def title(self) -> str:
         """``cpu fp32 fwd causal H=8 D=64``: the project's words for a setting."""
@@ -54,7 +55,8 @@ class Setting:
         kv = f"-kv{self.kv_heads}" if self.kv_heads else ""
         if self.ragged:
             mask += f"-ragged-{self.ragged}-{self.ragged_form}"
-        return safe_name(f"{self.device}_{self.dtype}_{mode}_{mask}_H{self.h}{kv}_D{self.d}")
+        dv = f"-Dv{self.dv}" if self.dv else ""
+        return safe_name(f"{self.device}_{self.dtype}_{mode}_{mask}_H{self.h}{kv}_D{self.d}{dv}")
 
 
 def safe_name(text: str) -> str:
@@ -66,7 +68,7 @@ def safe_name(text: str) -> str:
 def setting_of(row: Row) -> Setting:
     """The setting a row belongs to."""
     return Setting(row.device, row.dtype, row.mode, row.causal, row.h, row.d, row.new_tokens,
-                   row.kv_heads, row.ragged, row.ragged_form)
+                   row.kv_heads, row.ragged, row.ragged_form, row.dv)
 
 
 def group(rows: Iterable[Row]) -> dict[Setting, list[Row]]:

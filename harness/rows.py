@@ -37,6 +37,7 @@ class Row:
     kv_heads: int = 0  # identity, added after schema 1: k/v heads when grouped (0: h of them)
     ragged: str = ""  # identity, added after schema 1: how a ragged batch's lengths are drawn
     ragged_form: str = ""  # identity, added after schema 1: padded or packed
+    dv: int = 0  # identity, added after schema 1: value head dim when not d (0: d)
     reason: str = ""
     schema: int = SCHEMA_VERSION
     # time

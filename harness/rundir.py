@@ -24,7 +24,8 @@ FREE_KEYS = frozenset({"resume", "run_dir", "results_dir", "paced", "extend", "f
 #: ... and in these with extend=true (the grid's axes: new cases, none measured differently)
 GRID_KEYS = frozenset({"preset", "variants", "exclude", "extra_variants", "dtypes", "modes",
                        "causal", "compile", "batch_sizes", "seq_lens", "heads", "head_dim",
-                       "head_dims", "kv_heads", "decode_tokens", "decode_contexts"})
+                       "head_dims", "kv_heads", "decode_tokens", "decode_contexts",
+                       "v_head_dim", "ragged", "ragged_forms"})
 
 
 @functools.cache

@@ -6,7 +6,8 @@ compile rule) through the same function that decides a case's ``unavailable`` st
 Scenarios so far: ``forward`` (prefill, no mask), ``causal``, ``backward`` (fwd+bwd),
 ``compile`` (``compile=true``), ``decode`` (a step against a cache, ``mode=decode``), and
 ``gqa`` / ``gqa decode`` (k, v with fewer heads than q, ``kv_heads``), and ``ragged padded``
-/ ``ragged packed`` (a batch of unequal lengths, harness/ragged.py).
+/ ``ragged packed`` (a batch of unequal lengths, harness/ragged.py), and ``Dv != D``
+(``v_head_dim``).
 The sweep writes the matrix of its grid into the manifest; ``python -m harness support``
 prints it for any preset; the report shows the run's.
 """
@@ -23,17 +24,18 @@ from harness.measure import unavailable_reason
 from harness.specs import VariantSpec
 from harness.vocab import DECODE
 
-#: scenario -> (mode, causal, compile, grouped, ragged form) of the case that stands for it
-SCENARIOS: dict[str, tuple[str, bool, bool, bool, str]] = {
-    "forward": ("fwd", False, False, False, ""),
-    "causal": ("fwd", True, False, False, ""),
-    "backward": ("fwd+bwd", False, False, False, ""),
-    "compile": ("fwd", False, True, False, ""),
-    "decode": ("decode", True, False, False, ""),
-    "gqa": ("fwd", False, False, True, ""),
-    "gqa decode": ("decode", True, False, True, ""),
-    "ragged padded": ("fwd", False, False, False, "padded"),
-    "ragged packed": ("fwd", False, False, False, "packed"),
+#: scenario -> what its probe case sets beyond a plain (B=2, H=2, N=16, D=16) fwd case
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "forward": {},
+    "causal": {"causal": True},
+    "backward": {"mode": "fwd+bwd"},
+    "compile": {"compile": True},
+    "decode": {"mode": DECODE, "causal": True, "new_tokens": 1},
+    "gqa": {"kv_heads": 1},
+    "gqa decode": {"mode": DECODE, "causal": True, "new_tokens": 1, "kv_heads": 1},
+    "ragged padded": {"ragged": "uniform:0.5", "ragged_form": "padded"},
+    "ragged packed": {"ragged": "uniform:0.5", "ragged_form": "packed"},
+    "Dv != D": {"dv": 8},
 }
 
 
@@ -50,10 +52,9 @@ class Support:
 
 def probe(spec: VariantSpec, device: str, dtype: str, scenario: str) -> Case:
     """The (tiny) case that stands for a scenario: its availability is the cell's."""
-    mode, causal, compiled, grouped, form = SCENARIOS[scenario]
-    return Case(spec, device, dtype, mode, causal, 2, 2, 16, 16, 16, compile=compiled,
-                new_tokens=int(mode == DECODE), kv_heads=int(grouped),
-                ragged="uniform:0.5" if form else "", ragged_form=form)
+    fields = {"mode": "fwd", "causal": False, **SCENARIOS[scenario]}
+    mode, causal = fields.pop("mode"), fields.pop("causal")
+    return Case(spec, device, dtype, mode, causal, 2, 2, 16, 16, 16, **fields)
 
 
 def support_matrix(specs: Iterable[VariantSpec], devices: Iterable[str],

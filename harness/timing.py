@@ -66,19 +66,30 @@ def timed_callable(
 
 def time_callable(
     run: Callable[[], object], *, min_run_time: float, threads: int, warmup: int = 0,
-    min_samples: int = 1,
+    min_samples: int = 1, one_call_s: float | None = None,
 ) -> Timing:
     """blocked_autorange over ``run`` after ``warmup`` extra untimed calls.
 
     blocked_autorange itself warms up: it first runs the statement, untimed, with growing
     block sizes until one block costs at least min_run_time / 1000, so no extra call is needed
-    (a slow case would pay a whole call for it). When it returns fewer than ``min_samples``
+    (a slow case would pay a whole call for it). ``one_call_s``: how long an untimed call
+    just took; when that is at least min_run_time the block size is 1 (what the estimate
+    would find), and blocks of one call are timed until min_run_time and ``min_samples``,
+    without the estimate's extra call. When it returns fewer than ``min_samples``
     blocks (a case slower than min_run_time / min_samples), more blocks of the same size are
     timed until there are ``min_samples``: a regression test needs several samples a side.
     """
     for _ in range(warmup):
         run()
     timer = tbench.Timer(stmt="run()", globals={"run": run}, num_threads=threads)
+    if one_call_s is not None and one_call_s >= min_run_time:
+        # one call already took min_run_time: blocked_autorange would spend a call estimating
+        # a block size of 1, then time blocks of 1 call until min_run_time: time those directly
+        blocks = [timer.timeit(1)]
+        while len(blocks) < min_samples or sum(b.times[0] for b in blocks) < min_run_time:
+            blocks.append(timer.timeit(1))
+        m = tbench.Measurement.merge(blocks)[0]
+        return Timing(tuple(m.times), m.median, m.iqr, 1, threads)
     m = timer.blocked_autorange(min_run_time=min_run_time)
     if len(m.times) < min_samples:
         more = [timer.timeit(m.number_per_run) for _ in range(min_samples - len(m.times))]

@@ -75,6 +75,7 @@ LATER_IDENTITY: Mapping[str, Any] = {
     "kv_heads": 0,  # grouped queries: heads of k and v (H a multiple of it); 0: as many as q
     "ragged": "",  # ragged batch: how the B lengths are drawn (harness/ragged.py); "": equal
     "ragged_form": "",  # ragged batch: padded (one masked call) or packed (per sequence)
+    "dv": 0,  # the value head dim when it differs from d (0: d)
 }
 
 #: what a compiled case's label ends with (``naive+compile``): tables, legends and compare,
@@ -114,18 +115,20 @@ def describe(case: Any, style: Style = "text") -> str:
         mask += f" ragged={case.ragged} {case.ragged_form}"
     mode, kv = mode_words(case), getattr(case, "kv_heads", 0)
     heads = f"H={case.h}" + (f" Hkv={kv}" if kv else "")
+    dims = f"D={case.d}" + (f" Dv={case.dv}" if getattr(case, "dv", 0) else "")
     if style == "setting":
-        return f"{case.device} {case.dtype} {mode} {mask} {heads} D={case.d}"
+        return f"{case.device} {case.dtype} {mode} {mask} {heads} {dims}"
     if style == "id":
         n = f"N{case.nq}" if case.nq == case.nk else f"N{case.nq}x{case.nk}"
         shown = f"{mode.replace(' ', '')}-{mask.replace(' ', '-')}"
         return (f"{case.label}[{case.dtype}-{shown}-B{case.b}-"
-                f"{heads.replace('=', '').replace(' ', '-')}-{n}-D{case.d}]")
+                f"{heads.replace('=', '').replace(' ', '-')}-{n}-"
+                f"{dims.replace('=', '').replace(' ', '-')}]")
     if not case.mode:  # a foreign pytest-benchmark entry: it has a name and nothing else
         return case.label
     n = f"N={case.nq}" if case.nq == case.nk else f"Nq={case.nq} Nk={case.nk}"
     return (f"{case.label} {case.device} {case.dtype} {mode} {mask} B={case.b} "
-            f"{heads} {n} D={case.d}")
+            f"{heads} {n} {dims}")
 
 
 def mode_words(case: Any) -> str:

@@ -66,7 +66,8 @@ def test_repro_command_selects_exactly_the_flagged_case() -> None:
     assert only.key() == case.key() and only.spec.label == "sparse@bigbird"
     # decode's and GQA's axes are set only for such cases (an older base tree has none);
     # head_dim pins D, so a user's head_dims axis is dropped from the replay
-    decode_axes = {"decode_tokens", "decode_contexts", "kv_heads", "head_dims"}
+    decode_axes = {"decode_tokens", "decode_contexts", "kv_heads", "head_dims", "v_head_dim",
+                   "ragged", "ragged_forms"}
     assert {o.partition("=")[0] for o in case_overrides(verdict)} == set(CASE_FIELDS) - decode_axes
 
 

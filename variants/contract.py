@@ -89,16 +89,24 @@ class Shape:
     nk: int
     d: int
     hkv: int = 0
+    dv: int = 0  # the value (and output) head dim; 0: d
 
     @property
     def kv_heads(self) -> int:
         """Heads of k and v: H, or Hkv for grouped queries."""
         return self.hkv or self.h
 
+    @property
+    def value_dim(self) -> int:
+        """Head dim of v and of the output: d, or dv when it differs."""
+        return self.dv or self.d
+
     def label(self) -> str:
-        """Short human label such as B2 H3 Nq127 Nk257 D64 (Hkv1 when grouped)."""
+        """Short human label such as B2 H3 Nq127 Nk257 D64 (Hkv1 when grouped; Dv when
+        the value head dim differs)."""
         kv = f" Hkv{self.hkv}" if self.hkv else ""
-        return f"B{self.b} H{self.h}{kv} Nq{self.nq} Nk{self.nk} D{self.d}"
+        dv = f" Dv{self.dv}" if self.dv else ""
+        return f"B{self.b} H{self.h}{kv} Nq{self.nq} Nk{self.nk} D{self.d}{dv}"
 
 
 @dataclass(frozen=True)
@@ -115,6 +123,7 @@ class Supports:
     backward: bool = True
     compile: bool = False
     gqa: bool = False  # k, v with fewer heads than q (Hq a multiple of Hkv: GQA, MQA)
+    value_dim: bool = False  # v (and the output) with a head dim other than q's and k's
 
 
 #: score(s, h, q_idx, kv_idx, heads) -> s: a FlexAttention score_mod given the head count

@@ -57,7 +57,7 @@ class Config:
 
 
 PRESETS: dict[str, Config] = {}
-SUPPORTS = Supports(compile=True, gqa=True)  # every device, dtype and mode
+SUPPORTS = Supports(compile=True, gqa=True, value_dim=True)  # every device, dtype, mode
 
 
 def feature_map(x: torch.Tensor) -> torch.Tensor:

@@ -71,7 +71,7 @@ class Config:
 
 
 PRESETS: dict[str, Config] = {"small_tiles": Config(block_q=128, block_k=128)}
-SUPPORTS = Supports(compile=True, gqa=True)  # every device, dtype and mode
+SUPPORTS = Supports(compile=True, gqa=True, value_dim=True)  # every device, dtype, mode
 
 
 def computes(cfg: Config) -> SoftmaxAttention:
@@ -332,7 +332,8 @@ def decode(
     scale: float | None = None, cfg: Config = Config(),
 ) -> tuple[torch.Tensor, KVCache]:
     """t new queries against the cache, tiled over the cached keys (split-K, merged by the
-    online softmax): one (B, H, t, block_k) score tile at a time, O(t) rows besides."""
+    online softmax): one score tile of TILE_BYTES (B H t rows x at least block_k keys: few
+    rows make long tiles, so the loop is short) at a time, O(t) rows besides."""
     cache = cache.append(k, v)
     g, heads = group_size(q, k), q.shape[1]
     keep = repeat_rows(step_keep(q.shape[-2], cache.length, q.device), g)  # (G t, L + t)
@@ -343,7 +344,9 @@ def decode(
     row_max = torch.full((*q.shape[:-1], 1), float("-inf"), dtype=ct, device=q.device)
     row_sum = torch.zeros_like(row_max)  # (B, H, t, 1)
     acc = q.new_zeros(*q.shape[:-1], values.shape[-1], dtype=ct)  # (B, H, t, Dv)
-    for j0, j1 in _spans(cache.length, cfg.block_k):
+    rows = qs.numel() // qs.shape[-1]  # B Hkv G t query rows meet each key tile
+    block = max(cfg.block_k, TILE_BYTES // (rows * qs.element_size()))  # one TILE_BYTES tile
+    for j0, j1 in _spans(cache.length, block):
         s = qs @ keys[:, :, j0:j1].to(ct).transpose(-2, -1)  # (B, H, t, bk)
         if keep is not None:
             s.masked_fill_(~keep[:, j0:j1], float("-inf"))

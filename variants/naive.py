@@ -32,7 +32,7 @@ class Config:
 
 
 PRESETS: dict[str, Config] = {}
-SUPPORTS = Supports(compile=True, gqa=True)  # every device, dtype and mode
+SUPPORTS = Supports(compile=True, gqa=True, value_dim=True)  # every device, dtype, mode
 
 
 def computes(cfg: Config) -> SoftmaxAttention:

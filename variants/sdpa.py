@@ -58,7 +58,7 @@ class Config:
 
 
 PRESETS: dict[str, Config] = {name: Config(backend=name) for name in BACKENDS if name != "auto"}
-SUPPORTS = Supports(gqa=True)  # every device and dtype, causal, backward, GQA (enable_gqa)
+SUPPORTS = Supports(gqa=True, value_dim=True)  # every device, dtype, mode; enable_gqa, Dv
 
 
 def computes(cfg: Config) -> SoftmaxAttention:
@@ -91,7 +91,9 @@ def dispatched(shape: Shape, *, device: str, dtype: torch.dtype, causal: bool,
                         requires_grad=backward)  # (B, H, Nq, D)
         k = torch.empty(shape.b, shape.kv_heads, shape.nk, shape.d, device=device,
                         dtype=dtype, requires_grad=backward)  # (B, Hkv, Nk, D)
-        choice = SDPBackend(torch._fused_sdp_choice(q, k, k, None, 0.0, causal,
+        v = torch.empty(shape.b, shape.kv_heads, shape.nk, shape.value_dim, device=device,
+                        dtype=dtype, requires_grad=backward)  # (B, Hkv, Nk, Dv)
+        choice = SDPBackend(torch._fused_sdp_choice(q, k, v, None, 0.0, causal,
                                                     enable_gqa=bool(shape.hkv)))
         name = next((n for n, b in BACKENDS.items() if b == choice), choice.name)
     what = f"sdpa {name}: {KERNELS.get(name, 'no kernel')}"
