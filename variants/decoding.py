@@ -17,6 +17,7 @@ contents (``state``): a step's result must equal the cache built from the longer
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -107,6 +108,12 @@ class WindowCache:
     def state(self) -> dict[str, torch.Tensor]:
         """The logical contents, for the oracle."""
         return {"k": self.k, "v": self.v}
+
+
+def prefill_kv(k: torch.Tensor, v: torch.Tensor, *, capacity: int, cfg: Any = None) -> KVCache:
+    """The ``prefill`` of a variant whose cache is every key and value (B, Hkv, L, D), with
+    room for ``capacity`` positions: ``prefill = prefill_kv`` in its module."""
+    return KVCache.prefill(k, v, capacity)
 
 
 def step_keep(t: int, n: int, device: torch.device | str) -> torch.Tensor | None:

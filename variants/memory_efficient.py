@@ -35,7 +35,7 @@ from torch.autograd.function import once_differentiable
 
 from variants import memory_models
 from variants.contract import SoftmaxAttention, Supports, always_available, default_scale
-from variants.decoding import KVCache, step_keep
+from variants.decoding import KVCache, prefill_kv, step_keep
 from variants.grouping import fold, group_size, per_group, repeat_rows, unfold
 
 LOG2E = 1.4426950408889634  # 1 / ln 2: scores in base 2 turn every exp into a cheaper exp2
@@ -321,10 +321,7 @@ def attention(
     return unfold(_forward(qf, k, v, scale, causal, cfg)[0], q.shape[1])
 
 
-def prefill(k: torch.Tensor, v: torch.Tensor, *, capacity: int, cfg: Config = Config()
-            ) -> KVCache:
-    """The decode cache: every key and value (B, H, L, D), room for ``capacity``."""
-    return KVCache.prefill(k, v, capacity)
+prefill = prefill_kv  # the decode cache: every key and value, preallocated
 
 
 def decode(

@@ -20,7 +20,7 @@ from variants.contract import (
     always_available,
     default_scale,
 )
-from variants.decoding import KVCache, step_keep
+from variants.decoding import KVCache, prefill_kv, step_keep
 from variants.grouping import fold, group_size, repeat_rows, unfold
 
 NAME = "naive"
@@ -100,9 +100,7 @@ def attention(
     return unfold(out, q.shape[1])  # (B, H, Nq, D)
 
 
-def prefill(k: torch.Tensor, v: torch.Tensor, *, capacity: int, cfg: Any = None) -> KVCache:
-    """The decode cache: every key and value (B, H, L, D), room for ``capacity``."""
-    return KVCache.prefill(k, v, capacity)
+prefill = prefill_kv  # the decode cache: every key and value, preallocated
 
 
 def decode(

@@ -19,7 +19,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from variants import memory_models
 from variants.contract import Shape, SoftmaxAttention, Supports, Unavailable
-from variants.decoding import KVCache, step_keep
+from variants.decoding import KVCache, prefill_kv, step_keep
 from variants.naive import causal_keep, padding_keep
 
 NAME = "sdpa"
@@ -148,10 +148,7 @@ def _sdpa(
             raise Unavailable(msg) from exc
 
 
-def prefill(k: torch.Tensor, v: torch.Tensor, *, capacity: int, cfg: Config = Config()
-            ) -> KVCache:
-    """The decode cache: every key and value (B, H, L, D), room for ``capacity``."""
-    return KVCache.prefill(k, v, capacity)
+prefill = prefill_kv  # the decode cache: every key and value, preallocated
 
 
 def decode(

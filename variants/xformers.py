@@ -19,6 +19,7 @@ import torch
 
 from variants import memory_models
 from variants.contract import DTYPES, Shape, SoftmaxAttention, Supports, Unavailable
+from variants.decoding import KVCache, prefill_kv
 
 NAME = "xformers"
 
@@ -47,6 +48,7 @@ PRESETS: dict[str, Config] = {name: Config(op=name) for name in OPS if name != "
 SUPPORTS = Supports(
     devices=frozenset({"cpu", "cuda"}),  # cpu is declared so the reason below is given
     dtypes=frozenset({DTYPES["fp32"], DTYPES["bf16"], DTYPES["fp16"]}),
+    gqa=True,  # xformers' grouped BMGHK layout, each kv head expanded (stride 0) over its group
 )
 
 
@@ -63,6 +65,30 @@ def to_bmhk(x: torch.Tensor) -> torch.Tensor:
 def from_bmhk(x: torch.Tensor) -> torch.Tensor:
     """xformers' (B, N, H, D) -> (B, H, N, D)."""
     return x.transpose(1, 2)  # (B, H, N, D)
+
+
+def to_layout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, H, N, D) q and (B, Hkv, N, D) k, v -> xformers' BMHK, or its grouped BMGHK
+    (B, N, Hkv, G, D) when Hkv < H: each kv head expanded over its G query heads as a
+    stride-0 view (query head h reads kv head h // G), nothing copied."""
+    if k.shape[1] == q.shape[1]:
+        return to_bmhk(q), to_bmhk(k), to_bmhk(v)
+    (b, h, n, d), hkv = q.shape, k.shape[1]
+    g = h // hkv
+    grouped = q.transpose(1, 2).reshape(b, n, hkv, g, d)  # (B, Nq, Hkv, G, D)
+
+    def expand(x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(1, 2).unsqueeze(3).expand(-1, -1, -1, g, -1)  # (B, Nk, Hkv, G, D)
+    return grouped, expand(k), expand(v)
+
+
+def from_layout(out: torch.Tensor, heads: int) -> torch.Tensor:
+    """xformers' BMHK or BMGHK output -> (B, H, N, Dv)."""
+    if out.dim() == 4:
+        return from_bmhk(out)
+    b, n = out.shape[:2]
+    return out.reshape(b, n, heads, out.shape[-1]).transpose(1, 2)  # (B, H, Nq, Dv)
 
 
 def causal_bias(causal: bool) -> Any:
@@ -200,21 +226,47 @@ def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     causal: bool = False, scale: float | None = None, cfg: Config = Config(),
 ) -> torch.Tensor:
-    """memory_efficient_attention on q (B, H, Nq, D), k/v (B, H, Nk, D) -> (B, H, Nq, D)."""
+    """memory_efficient_attention on q (B, H, Nq, D), k/v (B, Hkv, Nk, D) -> (B, H, Nq, D)."""
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    return _call(q, k, v, causal_bias(causal), scale, cfg, grad)
+
+
+def _call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Any, scale: float | None,
+          cfg: Config, grad: bool) -> torch.Tensor:
+    """One xformers call in its layout, on the pinned op if any; Unavailable, never a
+    fallback, when that op refuses the inputs."""
     import xformers.ops as xops
 
-    pinned, bias = op_pair(cfg), causal_bias(causal)
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    pinned = op_pair(cfg)
     if grad and pinned is not None and pinned[1] is None:
         raise Unavailable(f"xformers' {OPS[cfg.op]} has a forward op only: no backward")
+    qx, kx, vx = to_layout(q, k, v)  # (B, N, H, D) or (B, N, Hkv, G, D)
     try:
         if grad or pinned is None:
-            out = xops.memory_efficient_attention(
-                to_bmhk(q), to_bmhk(k), to_bmhk(v), attn_bias=bias, scale=scale, op=pinned)
+            out = xops.memory_efficient_attention(qx, kx, vx, attn_bias=bias, scale=scale,
+                                                  op=pinned)
         else:  # forward only: the forward op alone (split-K has no backward op)
-            out = xops.memory_efficient_attention_forward(
-                to_bmhk(q), to_bmhk(k), to_bmhk(v), attn_bias=bias, scale=scale, op=pinned[0])
-    except NotImplementedError as exc:  # (B, Nq, H, D) above
+            out = xops.memory_efficient_attention_forward(qx, kx, vx, attn_bias=bias,
+                                                          scale=scale, op=pinned[0])
+    except NotImplementedError as exc:
         why = " ".join(line.strip() for line in str(exc).strip().splitlines()[:8])
         raise Unavailable(f"xformers op {cfg.op!r} cannot run these inputs: {why}") from exc
-    return from_bmhk(out)  # (B, H, Nq, D)
+    return from_layout(out, q.shape[1])  # (B, H, Nq, Dv)
+
+
+prefill = prefill_kv  # the decode cache: every key and value, preallocated
+
+
+def decode(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache, *,
+    scale: float | None = None, cfg: Config = Config(),
+) -> tuple[torch.Tensor, KVCache]:
+    """t new queries against the cache in one xformers call (``splitk`` is its decoding
+    kernel); t > 1 takes ``LowerTriangularFromBottomRightMask``, causal among the new tokens."""
+    cache = cache.append(k, v)
+    bias = None
+    if q.shape[-2] > 1:
+        from xformers.ops.fmha.attn_bias import LowerTriangularFromBottomRightMask
+
+        bias = LowerTriangularFromBottomRightMask()
+    return _call(q, cache.keys(), cache.values(), bias, scale, cfg, grad=False), cache
