@@ -315,10 +315,11 @@ def attention(
     if g > 1 and causal:
         return per_group(lambda qg, kg, vg: attention(qg, kg, vg, causal=True, scale=scale,
                                                       cfg=cfg), q, k, v)
-    qf = fold(q, k.shape[1])  # (B, Hkv, G Nq, D)
+    if g > 1:  # rows are independent: each kv head's G query heads as one (B, Hkv, G Nq, D)
+        return unfold(attention(fold(q, k.shape[1]), k, v, scale=scale, cfg=cfg), q.shape[1])
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        return unfold(_MemoryEfficientAttention.apply(qf, k, v, scale, causal, cfg), q.shape[1])
-    return unfold(_forward(qf, k, v, scale, causal, cfg)[0], q.shape[1])
+        return _MemoryEfficientAttention.apply(q, k, v, scale, causal, cfg)
+    return _forward(q, k, v, scale, causal, cfg)[0]
 
 
 prefill = prefill_kv  # the decode cache: every key and value, preallocated
