@@ -66,6 +66,15 @@ class Case:
         return Shape(self.b, self.h, self.nq, self.nk, self.d, self.kv_heads, self.dv)
 
     @property
+    def call_shape(self) -> Shape:
+        """The shape one timed call attends: the case's own, or for decode one step's (t new
+        queries against N + t keys)."""
+        if self.mode != DECODE:
+            return self.shape
+        return Shape(self.b, self.h, self.new_tokens, self.nk + self.new_tokens, self.d,
+                     self.kv_heads, self.dv)
+
+    @property
     def lengths(self) -> tuple[int, ...]:
         """A ragged batch's B sequence lengths (drawn from the identity alone: seed 0); the
         padded length N for each sequence otherwise."""

@@ -254,9 +254,7 @@ def _measure_decode(case: Case, s: MeasureSettings, row: Row) -> Row:
     """A decode case: the oracle's check of a step and its cache, the timed step, its peak
     above its inputs and the cache's size (exceptions go to the caller)."""
     threads, variant = s.threads or torch.get_num_threads(), case.spec.variant
-    step_shape = Shape(case.b, case.h, case.new_tokens, case.nk + case.new_tokens, case.d,
-                       case.kv_heads, case.dv)
-    kernels = variant.dispatched(step_shape, device=case.device, dtype=DTYPES[case.dtype],
+    kernels = variant.dispatched(case.call_shape, device=case.device, dtype=DTYPES[case.dtype],
                                  causal=False, backward=False, cfg=case.spec.cfg)
     if kernels:  # t new queries against every key: no causal flag (a mask for t > 1)
         row = replace(row, extra={**row.extra, "kernel": kernels})
@@ -335,8 +333,13 @@ def unavailable_reason(case: Case) -> str | None:
         return (f"{variant.name} has no compiled mode: compile=true applies to variants "
                 f"written in plain PyTorch ops (Supports.compile), not to a library's kernel "
                 f"or a variant that compiles itself")
-    return variant.unavailable_reason(case.device, DTYPES[case.dtype], causal=case.causal,
-                                      backward=case.backward, cfg=case.spec.cfg)
+    reason = variant.unavailable_reason(case.device, DTYPES[case.dtype], causal=case.causal,
+                                        backward=case.backward, cfg=case.spec.cfg)
+    if reason:
+        return reason
+    return variant.shape_refusal(case.call_shape, device=case.device, dtype=DTYPES[case.dtype],
+                                 causal=case.causal and case.mode != DECODE,
+                                 backward=case.backward, cfg=case.spec.cfg)
 
 
 def measure(case: Case, settings: MeasureSettings | None = None) -> Row:

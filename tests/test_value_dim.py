@@ -97,3 +97,11 @@ def test_sdpa_says_which_kernel_takes_dv() -> None:
                                       dtype=torch.float32, causal=True, backward=False,
                                       cfg=spec.cfg)
     assert "sdpa math" in kernels["forward"]
+
+
+def test_a_pinned_kernel_that_cannot_take_dv_is_refused_before_running() -> None:
+    """sdpa@flash on CPU: PyTorch's own selector refuses Dv != D, so the case (and the
+    support matrix) says unavailable before any call, in PyTorch's words."""
+    spec = next(s for s in SPECS if s.label == "sdpa@flash")
+    assert "cannot run these inputs" in unavailable_reason(dv_case(spec))
+    assert unavailable_reason(Case(spec, "cpu", "fp32", "fwd", False, 2, 2, 40, 40, 32)) is None

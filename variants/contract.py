@@ -32,6 +32,9 @@ A variant is one module ``variants/<NAME>.py`` (found by name: variants/__init__
   something else under the same name and config (a different algorithm, not a faster one):
   ``harness compare`` then calls old and new results "not comparable" instead of reading the
   change as a speed-up or a regression. Each row records ``Variant.definition(cfg)``.
+- optional ``shape_refusal(shape, *, device, dtype, causal, backward, cfg) -> str | None``:
+  why these particular shapes cannot run (a pinned kernel's limits), asked before a case runs
+  so that the support matrix and the rows agree; without it, every shape is taken.
 - optional decode form (``mode=decode``; ``variants/decoding.py`` has the caches):
   ``prefill(k, v, *, capacity, cfg) -> cache`` builds the cache from a prefix's k, v
   (B, H, L, D) with room for ``capacity`` positions (not timed); ``decode(q, k, v, cache, *,
@@ -304,6 +307,16 @@ class Variant:
             return {}
         return dict(fn(shape, device=device, dtype=dtype, causal=causal, backward=backward,
                        cfg=cfg))
+
+    def shape_refusal(
+        self, shape: Shape, *, device: str, dtype: torch.dtype, causal: bool, backward: bool,
+        cfg: Any,
+    ) -> str | None:
+        """Why these shapes cannot run (the module's ``shape_refusal``), or None."""
+        fn = getattr(self.module, "shape_refusal", None)
+        if fn is None:
+            return None
+        return fn(shape, device=device, dtype=dtype, causal=causal, backward=backward, cfg=cfg)
 
     def decode_reason(self, cfg: Any) -> str | None:
         """Why this variant has no decode step under ``cfg``, or None when it has one."""

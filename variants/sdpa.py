@@ -100,6 +100,31 @@ def dispatched(shape: Shape, *, device: str, dtype: torch.dtype, causal: bool,
     return {"forward": what, **({"backward": what} if backward else {})}
 
 
+def shape_refusal(shape: Shape, *, device: str, dtype: torch.dtype, causal: bool,
+                  backward: bool, cfg: Config) -> str | None:
+    """Why a pinned backend cannot run these shapes (the CPU flash kernel and Dv != D, say),
+    in PyTorch's words from its own selector, or None; ``auto`` always has a kernel."""
+    backend = BACKENDS[cfg.backend]
+    if backend is None:
+        return None
+    q = torch.empty(shape.b, shape.h, shape.nq, shape.d, device=device, dtype=dtype,
+                    requires_grad=backward)  # (B, H, Nq, D)
+    k = torch.empty(shape.b, shape.kv_heads, shape.nk, shape.d, device=device, dtype=dtype,
+                    requires_grad=backward)  # (B, Hkv, Nk, D)
+    v = torch.empty(shape.b, shape.kv_heads, shape.nk, shape.value_dim, device=device,
+                    dtype=dtype, requires_grad=backward)  # (B, Hkv, Nk, Dv)
+    with warnings.catch_warnings(record=True) as caught, sdpa_kernel([backend]):
+        warnings.simplefilter("always")
+        try:
+            torch._fused_sdp_choice(q, k, v, None, 0.0, causal, enable_gqa=bool(shape.hkv))
+        except RuntimeError as exc:
+            if not NO_KERNEL.search(str(exc)):
+                raise
+            why = "; ".join(str(w.message) for w in caught) or str(exc)
+            return f"SDPA backend {cfg.backend!r} cannot run these inputs: {why}"
+    return None
+
+
 def expected_peak_bytes(
     b: int, h: int, nq: int, nk: int, d: int, *,
     dtype: torch.dtype, causal: bool, backward: bool, cfg: Config, device: str = "cpu",
