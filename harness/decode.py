@@ -129,7 +129,7 @@ def step_call(case: Case, variant: Variant, seed: int) -> tuple[Callable[[], obj
 def predicted_step_bytes(case: Case) -> int:
     """What a decode case holds at most: the prefix drawn and its cache beside it (a K/V
     cache's size, an upper bound for the others), plus the step's inputs."""
-    element = torch.empty((), dtype=DTYPES[case.dtype]).element_size()
+    element = DTYPES[case.dtype].itemsize
     per_token = case.b * case.shape.kv_heads * (case.d + case.shape.value_dim) * element
     return 2 * (case.nk + case.new_tokens) * per_token
 
@@ -137,7 +137,7 @@ def predicted_step_bytes(case: Case) -> int:
 def step_io_bytes(case: Case, cache_bytes: int) -> int:
     """Bytes a step moves at least: the cache read once, the new q, k, v read and written
     into the cache, the output written."""
-    element = torch.empty((), dtype=DTYPES[case.dtype]).element_size()
+    element = DTYPES[case.dtype].itemsize
     s = case.shape
     token = case.b * element * (s.h * (s.d + s.value_dim) + 2 * s.kv_heads * (s.d + s.value_dim))
     return cache_bytes + case.new_tokens * token  # q and out; k, v read and cached

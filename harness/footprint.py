@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from harness.rows import Row
 from harness.vocab import BACKWARD_MODES, DECODE, MEASURED
+from variants.contract import DTYPES
 
 MIB = 2**20
-ELEMENT_BYTES = {"fp64": 8, "fp32": 4, "bf16": 2, "fp16": 2}
 
 
 def held_bytes(row: Row) -> float | None:
@@ -16,7 +16,7 @@ def held_bytes(row: Row) -> float | None:
     peak = row.peak_fwd_bwd_mib if row.mode in BACKWARD_MODES else row.peak_fwd_mib
     if row.status not in MEASURED or peak is None:
         return None
-    element = ELEMENT_BYTES[row.dtype]
+    element = DTYPES[row.dtype].itemsize
     kv = row.kv_heads or row.h
     if row.mode == DECODE:
         return peak * MIB + (row.cache_mib or 0.0) * MIB

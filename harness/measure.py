@@ -207,14 +207,13 @@ def _model(case: Case, row: Row) -> dict[str, Any]:
     fwd = variant.expected_peak_bytes(*dims, backward=False, **kw)
     both = variant.expected_peak_bytes(*dims, backward=True, **kw) if case.backward else None
     moved = traffic_fields(case, row.median_ms)
+    waste = tokens_per_s = None
     if case.ragged:  # no model of a ragged batch's peak; tokens and padding instead
         fwd = both = None
-        seconds = row.median_ms * 1e-3 if row.median_ms else None
-        row = replace(row, padding_waste=ragged_waste(case.lengths, case.nq, case.causal,
-                                                      case.ragged_form),
-                      tokens_per_s=sum(case.lengths) / seconds if seconds else None)
+        waste = ragged_waste(case.lengths, case.nq, case.causal, case.ragged_form)
+        tokens_per_s = sum(case.lengths) / (row.median_ms * 1e-3) if row.median_ms else None
     return {
-        "padding_waste": row.padding_waste, "tokens_per_s": row.tokens_per_s,
+        "padding_waste": waste, "tokens_per_s": tokens_per_s,
         "bytes_moved": moved["bytes_moved"], "gib_s": moved["gib_s"],
         "extra": {**row.extra, "bytes_convention": moved["bytes_convention"]},
         "flops": flops,

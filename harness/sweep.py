@@ -73,7 +73,7 @@ def predicted_bytes(case: Case) -> int | None:
     )
     if model is None:
         return None
-    element = torch.empty((), dtype=DTYPES[case.dtype]).element_size()
+    element = DTYPES[case.dtype].itemsize
     return model + element * case.b * case.h * case.d * (2 * case.nq + 2 * case.nk)
 
 

@@ -116,10 +116,13 @@ def decode(
     return unfold(out, q.shape[1]), cache  # (B, H, t, D)
 
 
-def padding_keep(lengths: tuple[int, ...], nk: int, device: torch.device | str) -> torch.Tensor:
-    """Key-padding mask (B, 1, 1, Nk): True for the keys of each sequence's own length."""
+def padded_keep(lengths: tuple[int, ...], nq: int, nk: int, causal: bool,
+                device: torch.device | str) -> torch.Tensor:
+    """Key-padding mask of a padded ragged batch: True for the keys of each sequence's own
+    length, (B, 1, 1, Nk); with causal on top, (B, 1, Nq, Nk)."""
     keys = torch.arange(nk, device=device)[None, :]  # (1, Nk)
-    return (keys < torch.tensor(lengths, device=device)[:, None])[:, None, None, :]
+    keep = (keys < torch.tensor(lengths, device=device)[:, None])[:, None, None, :]
+    return keep & causal_keep(nq, nk, device) if causal else keep
 
 
 def attention_padded(
@@ -129,9 +132,7 @@ def attention_padded(
     """A padded ragged batch: keys past each sequence's length masked (and causal on top);
     q (B, H, N, D), k, v (B, Hkv, N, D) -> (B, H, N, D), rows past a length unspecified."""
     n, nk, g = q.shape[-2], k.shape[-2], group_size(q, k)
-    keep = padding_keep(lengths, nk, q.device)  # (B, 1, 1, Nk)
-    if causal:
-        keep = keep & causal_keep(n, nk, q.device)  # (B, 1, N, Nk)
+    keep = padded_keep(lengths, n, nk, causal, q.device)  # (B, 1, 1 or N, Nk)
     keep = keep.expand(-1, -1, n, -1).repeat(1, 1, g, 1)  # (B, 1, G N, Nk) for folded rows
     out = masked_softmax_attention(fold(q, k.shape[1]), k, v, default_scale(q.shape[-1], scale),
                                    keep)  # (B, Hkv, G N, D)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from variants import memory_models
 from variants.contract import Shape, SoftmaxAttention, Supports, Unavailable
 from variants.decoding import KVCache, prefill_kv, step_keep
-from variants.naive import causal_keep, padding_keep
+from variants.naive import padded_keep
 
 NAME = "sdpa"
 
@@ -113,16 +114,27 @@ def shape_refusal(shape: Shape, *, device: str, dtype: torch.dtype, causal: bool
                     requires_grad=backward)  # (B, Hkv, Nk, D)
     v = torch.empty(shape.b, shape.kv_heads, shape.nk, shape.value_dim, device=device,
                     dtype=dtype, requires_grad=backward)  # (B, Hkv, Nk, Dv)
+    try:
+        _pinned(backend, cfg, lambda: torch._fused_sdp_choice(q, k, v, None, 0.0, causal,
+                                                              enable_gqa=bool(shape.hkv)))
+    except Unavailable as exc:
+        return str(exc)
+    return None
+
+
+def _pinned(backend: SDPBackend, cfg: Config, call: Callable[[], Any]) -> Any:
+    """``call`` with only ``backend`` enabled; PyTorch's "no kernel" becomes Unavailable with
+    its reasons (the warnings it gave), never a fallback."""
     with warnings.catch_warnings(record=True) as caught, sdpa_kernel([backend]):
         warnings.simplefilter("always")
         try:
-            torch._fused_sdp_choice(q, k, v, None, 0.0, causal, enable_gqa=bool(shape.hkv))
+            return call()
         except RuntimeError as exc:
             if not NO_KERNEL.search(str(exc)):
                 raise
             why = "; ".join(str(w.message) for w in caught) or str(exc)
-            return f"SDPA backend {cfg.backend!r} cannot run these inputs: {why}"
-    return None
+            msg = f"SDPA backend {cfg.backend!r} cannot run these inputs: {why}"
+            raise Unavailable(msg) from exc
 
 
 def expected_peak_bytes(
@@ -157,20 +169,11 @@ def _sdpa(
     """One scaled_dot_product_attention call on the config's backend (None: PyTorch picks);
     a pinned backend that cannot run it raises Unavailable with PyTorch's reasons."""
     backend, gqa = BACKENDS[cfg.backend], k.shape[1] != q.shape[1]  # enable_gqa: Hkv < H
-    if backend is None:
+
+    def call() -> torch.Tensor:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                               scale=scale, enable_gqa=gqa)
-    with warnings.catch_warnings(record=True) as caught, sdpa_kernel([backend]):
-        warnings.simplefilter("always")
-        try:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                                  scale=scale, enable_gqa=gqa)
-        except RuntimeError as exc:
-            if not NO_KERNEL.search(str(exc)):
-                raise
-            why = "; ".join(str(w.message) for w in caught) or str(exc)
-            msg = f"SDPA backend {cfg.backend!r} cannot run these inputs: {why}"
-            raise Unavailable(msg) from exc
+    return call() if backend is None else _pinned(backend, cfg, call)
 
 
 prefill = prefill_kv  # the decode cache: every key and value, preallocated
@@ -195,8 +198,5 @@ def attention_padded(
     """A padded ragged batch in one SDPA call: a (B, 1, N, Nk) bool mask of each sequence's
     keys (causal folded in, since is_causal cannot combine with a mask); rows past a length
     unspecified."""
-    n, nk = q.shape[-2], k.shape[-2]
-    keep = padding_keep(lengths, nk, q.device)  # (B, 1, 1, Nk)
-    if causal:
-        keep = keep & causal_keep(n, nk, q.device)  # (B, 1, N, Nk)
+    keep = padded_keep(lengths, q.shape[-2], k.shape[-2], causal, q.device)  # (B, 1, *, Nk)
     return _sdpa(q, k, v, causal=False, mask=keep, scale=scale, cfg=cfg)
