@@ -4,8 +4,7 @@ bounds ("how long can I go?", harness/longest.py and the report's table)."""
 from __future__ import annotations
 
 from harness.rows import Row
-from harness.vocab import BACKWARD_MODES, DECODE, MEASURED
-from variants.contract import DTYPES
+from harness.vocab import BACKWARD_MODES, DECODE, ELEMENT_BYTES, MEASURED
 
 MIB = 2**20
 
@@ -16,7 +15,7 @@ def held_bytes(row: Row) -> float | None:
     peak = row.peak_fwd_bwd_mib if row.mode in BACKWARD_MODES else row.peak_fwd_mib
     if row.status not in MEASURED or peak is None:
         return None
-    element = DTYPES[row.dtype].itemsize
+    element = ELEMENT_BYTES[row.dtype]
     kv = row.kv_heads or row.h
     if row.mode == DECODE:
         return peak * MIB + (row.cache_mib or 0.0) * MIB

@@ -52,6 +52,11 @@ IO_ONLY_BYTES = "inputs read once, outputs written once (no model of the variant
 DECODE_BYTES = ("the cache read once; the step's q, k, v read, its k, v cached and its output "
                 "written once")
 
+#: bytes per element of each dtype name a row can carry: the report layer reads sizes here,
+#: torch-free (variants.contract.DTYPES maps the same names to torch dtypes; tests/test_vocab.py
+#: holds the two together)
+ELEMENT_BYTES: Mapping[str, int] = {"fp64": 8, "fp32": 4, "bf16": 2, "fp16": 2}
+
 #: what is timed: the forward call, the backward call alone, both, or one decode step (t new
 #: tokens against a cache of the N before them; variants/decoding.py)
 MODES: tuple[str, ...] = ("fwd", "bwd", "fwd+bwd", "decode")

@@ -12,7 +12,8 @@ from harness.interop import case_name
 from harness.measure import base_row
 from harness.rows import Row
 from harness.specs import VariantSpec
-from harness.vocab import IDENTITY, MEASURED, MODES, Status, case_key, describe
+from harness.vocab import ELEMENT_BYTES, IDENTITY, MEASURED, MODES, Status, case_key, describe
+from variants.contract import DTYPES
 
 
 def _case(nk: int = 128) -> Case:
@@ -45,3 +46,9 @@ def test_statuses_are_plain_strings_in_rows() -> None:
     """A Status is its string: rows written before the enum read the same."""
     assert Status.OK == "ok" and json.dumps({"s": Status.OOM}) == '{"s": "oom"}'
     assert {"ok", "mismatch"} == MEASURED and MODES == ("fwd", "bwd", "fwd+bwd", "decode")
+
+
+def test_element_bytes_agree_with_the_torch_dtypes() -> None:
+    """The report layer's torch-free sizes name the same dtypes, with torch's itemsize."""
+    assert set(ELEMENT_BYTES) == set(DTYPES)
+    assert all(ELEMENT_BYTES[name] == dtype.itemsize for name, dtype in DTYPES.items())
