@@ -202,10 +202,9 @@ def _model(case: Case, row: Row) -> dict[str, Any]:
     flops = sum(mode_flops(variant.computes(cfg), case.mode, 1, case.h, n, n, case.d,
                            case.causal, dv=case.dv or None)
                 for n in case.lengths)  # real tokens' pairs only
-    dims = (case.b, case.h, case.nq, case.nk, case.d)
     kw = {"dtype": DTYPES[case.dtype], "causal": case.causal, "cfg": cfg, "device": case.device}
-    fwd = variant.expected_peak_bytes(*dims, backward=False, **kw)
-    both = variant.expected_peak_bytes(*dims, backward=True, **kw) if case.backward else None
+    fwd = variant.expected_peak_bytes(case.shape, backward=False, **kw)
+    both = variant.expected_peak_bytes(case.shape, backward=True, **kw) if case.backward else None
     moved = traffic_fields(case, row.median_ms)
     waste = tokens_per_s = None
     if case.ragged:  # no model of a ragged batch's peak; tokens and padding instead

@@ -20,7 +20,7 @@ import torch
 from harness.cases import Case
 from harness.vocab import IO_ONLY_BYTES
 from variants import memory_models
-from variants.contract import DTYPES
+from variants.contract import DTYPES, Shape
 
 GIB = 2**30
 
@@ -33,26 +33,38 @@ class Traffic:
     convention: str
 
 
-def io_bytes(b: int, h: int, nq: int, nk: int, d: int, *, dtype: torch.dtype,
-             backward: bool) -> int:
+def io_bytes(shape: Shape, *, dtype: torch.dtype, backward: bool) -> int:
     """The least traffic of attention (``memory_models.io_traffic``): inputs read once,
-    outputs written once."""
-    m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=False)
+    outputs written once; grouped k, v at their Hkv heads, v and out at Dv."""
+    s = shape
+    m = memory_models.dims(s.b, s.h, s.nq, s.nk, s.d, dtype, upcast_low_precision=False,
+                           hkv=s.hkv, dv=s.dv)
     return memory_models.io_traffic(m, backward=backward)
 
 
-def traffic(case: Case) -> Traffic:
-    """Bytes the case's mode moves per call: the variant's model, or ``io_bytes``."""
-    variant, cfg, dtype = case.spec.variant, case.spec.cfg, DTYPES[case.dtype]
-    dims = (case.b, case.h, case.nq, case.nk, case.d)
+def call_shapes(case: Case) -> list[Shape]:
+    """The shapes one call attends: the case's own, or for a packed ragged batch each
+    sequence at its own length (B = 1); a padded batch moves its whole padded shape."""
+    s = case.shape
+    if case.ragged_form != "packed":
+        return [s]
+    return [Shape(1, s.h, n, n, s.d, s.hkv, s.dv) for n in case.lengths]
 
-    def count(backward: bool) -> tuple[int, bool]:
-        own = variant.bytes_moved(*dims, dtype=dtype, causal=case.causal, backward=backward,
+
+def traffic(case: Case) -> Traffic:
+    """Bytes the case's mode moves per call: the variant's model, or ``io_bytes``, summed
+    over the shapes the call attends."""
+    variant, cfg, dtype = case.spec.variant, case.spec.cfg, DTYPES[case.dtype]
+
+    def count(shape: Shape, backward: bool) -> tuple[int, bool]:
+        own = variant.bytes_moved(shape, dtype=dtype, causal=case.causal, backward=backward,
                                   cfg=cfg, device=case.device)
-        return (own, True) if own is not None else (io_bytes(*dims, dtype=dtype,
+        return (own, True) if own is not None else (io_bytes(shape, dtype=dtype,
                                                              backward=backward), False)
-    fwd, modelled = count(False)
-    both = count(True)[0] if case.mode != "fwd" else fwd
+    shapes = call_shapes(case)
+    fwd = sum(count(s, False)[0] for s in shapes)
+    modelled = count(shapes[0], False)[1]
+    both = sum(count(s, True)[0] for s in shapes) if case.mode != "fwd" else fwd
     moved = {"fwd": fwd, "bwd": both - fwd, "fwd+bwd": both}[case.mode]
     return Traffic(moved, f"{variant.name}'s traffic model" if modelled else IO_ONLY_BYTES)
 

@@ -68,13 +68,14 @@ def predicted_bytes(case: Case) -> int | None:
     if case.mode == DECODE:
         return predicted_step_bytes(case)
     model = case.spec.variant.expected_peak_bytes(
-        case.b, case.h, case.nq, case.nk, case.d, dtype=DTYPES[case.dtype],
+        case.shape, dtype=DTYPES[case.dtype],
         causal=case.causal, backward=case.backward, cfg=case.spec.cfg, device=case.device,
     )
     if model is None:
         return None
-    element = DTYPES[case.dtype].itemsize
-    return model + element * case.b * case.h * case.d * (2 * case.nq + 2 * case.nk)
+    s, element = case.shape, DTYPES[case.dtype].itemsize
+    q_dout = s.h * s.nq * (s.d + s.value_dim)
+    return model + element * s.b * (q_dout + s.kv_heads * s.nk * (s.d + s.value_dim))
 
 
 def skip_reason(case: Case, frontier: dict[tuple[Any, ...], int], s: SweepSettings,

@@ -167,12 +167,12 @@ def test_sdpa_cuda_memory_model_has_no_cpu_workspace(backend: str) -> None:
     sdpa = variants.get("sdpa")
     kw = {"dtype": torch.bfloat16, "causal": False, "backward": True}
     fused = sdpa.presets[backend]
-    cpu = sdpa.expected_peak_bytes(1, 8, 4096, 4096, 64, cfg=fused, device="cpu", **kw)
-    cuda = sdpa.expected_peak_bytes(1, 8, 4096, 4096, 64, cfg=fused, device="cuda", **kw)
+    cpu = sdpa.expected_peak_bytes(Shape(1, 8, 4096, 4096, 64), cfg=fused, device="cpu", **kw)
+    cuda = sdpa.expected_peak_bytes(Shape(1, 8, 4096, 4096, 64), cfg=fused, device="cuda", **kw)
     assert cuda < cpu
-    math_cfg = sdpa.presets["math"]
-    assert sdpa.expected_peak_bytes(1, 8, 4096, 4096, 64, cfg=math_cfg, device="cuda", **kw) \
-        == sdpa.expected_peak_bytes(1, 8, 4096, 4096, 64, cfg=math_cfg, device="cpu", **kw)
+    math_cfg, shape = sdpa.presets["math"], Shape(1, 8, 4096, 4096, 64)
+    assert sdpa.expected_peak_bytes(shape, cfg=math_cfg, device="cuda", **kw) \
+        == sdpa.expected_peak_bytes(shape, cfg=math_cfg, device="cpu", **kw)
 
 
 def test_nvidia_smi_line_becomes_driver_and_clocks() -> None:

@@ -19,6 +19,7 @@ from harness.report_text import legend_names
 from harness.roofline import GIB, attainable_gflops, io_bytes, roofline_fields, traffic
 from harness.specs import VariantSpec
 from harness.vocab import IO_ONLY_BYTES
+from variants.contract import Shape
 
 
 def _case(name: str, mode: str, dtype: str = "fp32", dims=(2, 3, 40, 56, 16)) -> Case:
@@ -34,11 +35,39 @@ def test_io_bytes_by_hand() -> None:
     q, k, lse = b * h * nq * d, b * h * nk * d, b * h * nq * 4
     fwd = (2 * q + 2 * k) * 4 + lse
     bwd = (3 * q + 2 * k) * 4 + lse + (q + 2 * k) * 4
-    assert io_bytes(b, h, nq, nk, d, dtype=torch.float32, backward=False) == fwd
-    assert io_bytes(b, h, nq, nk, d, dtype=torch.float32, backward=True) == fwd + bwd
-    assert io_bytes(b, h, nq, nk, d, dtype=torch.bfloat16, backward=False) == fwd // 2 + lse // 2
+    shape = Shape(b, h, nq, nk, d)
+    assert io_bytes(shape, dtype=torch.float32, backward=False) == fwd
+    assert io_bytes(shape, dtype=torch.float32, backward=True) == fwd + bwd
+    assert io_bytes(shape, dtype=torch.bfloat16, backward=False) == fwd // 2 + lse // 2
     t = traffic(_case("sdpa", "bwd"))
     assert t.bytes == bwd and t.convention == IO_ONLY_BYTES
+
+
+def test_io_bytes_count_grouped_heads_and_the_value_dim() -> None:
+    """GQA: k, v at Hkv heads, read once; Dv: v, out and dout at Dv, q and k at D."""
+    b, h, hkv, nq, nk, d, dv = 2, 4, 1, 40, 56, 24, 16
+    q, k, v, o, lse = b * h * nq * d, b * hkv * nk * d, b * hkv * nk * dv, b * h * nq * dv, \
+        b * h * nq * 4
+    fwd = (q + k + v + o) * 4 + lse
+    bwd = (q + k + v + 2 * o) * 4 + lse + (q + k + v) * 4
+    shape = Shape(b, h, nq, nk, d, hkv, dv)
+    assert io_bytes(shape, dtype=torch.float32, backward=False) == fwd
+    assert io_bytes(shape, dtype=torch.float32, backward=True) == fwd + bwd
+    gqa = replace(_case("sdpa", "fwd", dims=(b, h, nq, nk, d)), kv_heads=hkv, dv=dv)
+    assert traffic(gqa).bytes == fwd
+    assert traffic(replace(gqa, kv_heads=0)).bytes > fwd  # four heads of k, v, not one
+
+
+def test_a_packed_ragged_batch_moves_its_sequences_and_a_padded_one_its_padding() -> None:
+    """Packed: the sum over sequences at their own lengths; padded: the whole (B, N) batch."""
+    case = replace(_case("naive", "fwd+bwd", dims=(3, 2, 64, 64, 16)), ragged="64/10/33",
+                   ragged_form="packed")
+    assert case.lengths == (64, 10, 33)
+    each = sum(traffic(replace(_case("naive", "fwd+bwd", dims=(1, 2, n, n, 16)))).bytes
+               for n in case.lengths)
+    assert traffic(case).bytes == each
+    padded = replace(case, ragged_form="padded")
+    assert traffic(padded).bytes == traffic(replace(padded, ragged="", ragged_form="")).bytes
 
 
 def test_a_variants_own_model_replaces_the_io_count(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -95,14 +124,14 @@ def test_materialising_variants_count_every_pass_over_their_scores() -> None:
     m = memory_models.dims(*dims, f32, upcast_low_precision=False)
     masked, flex = variants.get("masked"), variants.get("flex")
     kw = {"dtype": f32, "causal": False, "device": "cpu"}
-    naive_impl = masked.bytes_moved(*dims, backward=True, cfg=masked.presets["window_naive"],
+    naive_impl = masked.bytes_moved(Shape(*dims), backward=True, cfg=masked.presets["window_naive"],
                                     **kw)
     passes = (memory_models.SCORE_PASSES_FWD + memory_models.MASK_PASSES
               + memory_models.SCORE_PASSES_BWD)
     assert naive_impl == (memory_models.io_traffic(m, backward=True) + passes * m.scores * 4
                           + 2 * 64 * 80)
-    sdpa_impl = masked.bytes_moved(*dims, backward=False, cfg=masked.presets["window"], **kw)
+    sdpa_impl = masked.bytes_moved(Shape(*dims), backward=False, cfg=masked.presets["window"], **kw)
     assert sdpa_impl == memory_models.io_traffic(m, backward=False) + 64 * 80 * (1 + 2 * 4)
-    assert flex.bytes_moved(*dims, backward=False, cfg=flex.presets["window"], **kw) is None
-    eager = flex.bytes_moved(*dims, backward=False, cfg=flex.presets["eager"], **kw)
-    assert eager > io_bytes(*dims, dtype=f32, backward=False) + 6 * m.scores * 4
+    assert flex.bytes_moved(Shape(*dims), backward=False, cfg=flex.presets["window"], **kw) is None
+    eager = flex.bytes_moved(Shape(*dims), backward=False, cfg=flex.presets["eager"], **kw)
+    assert eager > io_bytes(Shape(*dims), dtype=f32, backward=False) + 6 * m.scores * 4

@@ -272,18 +272,20 @@ class Variant:
         return self.module.attention(q, k, v, causal=causal, scale=scale, cfg=cfg)
 
     def expected_peak_bytes(
-        self, b: int, h: int, nq: int, nk: int, d: int, *,
+        self, shape: Shape, *,
         dtype: torch.dtype, causal: bool, backward: bool, cfg: Any, device: str,
     ) -> int | None:
-        """The variant's analytic peak-memory model on ``device``, or None if it has none."""
+        """The variant's analytic peak-memory model on ``device``, or None if it has none.
+        The module's model takes (b, h, nq, nk, d) and the keywords, ``hkv`` and ``dv`` too."""
         model = getattr(self.module, "expected_peak_bytes", None)
         if model is None:
             return None
-        return int(model(b, h, nq, nk, d, dtype=dtype, causal=causal, backward=backward,
-                         cfg=cfg, device=device))
+        s = shape
+        return int(model(s.b, s.h, s.nq, s.nk, s.d, hkv=s.hkv, dv=s.dv, dtype=dtype,
+                         causal=causal, backward=backward, cfg=cfg, device=device))
 
     def bytes_moved(
-        self, b: int, h: int, nq: int, nk: int, d: int, *,
+        self, shape: Shape, *,
         dtype: torch.dtype, causal: bool, backward: bool, cfg: Any, device: str,
     ) -> int | None:
         """Bytes a forward (backward: forward and backward) reads and writes under the
@@ -292,8 +294,9 @@ class Variant:
         model = getattr(self.module, "bytes_moved", None)
         if model is None:
             return None
-        moved = model(b, h, nq, nk, d, dtype=dtype, causal=causal, backward=backward, cfg=cfg,
-                      device=device)
+        s = shape
+        moved = model(s.b, s.h, s.nq, s.nk, s.d, hkv=s.hkv, dv=s.dv, dtype=dtype, causal=causal,
+                      backward=backward, cfg=cfg, device=device)
         return None if moved is None else int(moved)
 
     def dispatched(

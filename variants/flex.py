@@ -213,32 +213,34 @@ def dispatched(shape: Shape, *, device: str, dtype: torch.dtype, causal: bool,
 def expected_peak_bytes(
     b: int, h: int, nq: int, nk: int, d: int, *,
     dtype: torch.dtype, causal: bool, backward: bool, cfg: Config, device: str = "cpu",
+    hkv: int = 0, dv: int = 0,
 ) -> int:
     """Eager: flex's math path holds three float32 (float64) score matrices, the vmapped
     (B, H, Nq, Nk) bool mask and a float32 output (backward, CUDA only: a guess, unmeasured);
     compiled: streaming, plus on CPU the template's reordered K and V and per-thread tiles."""
     if not cfg.compiled:
-        m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=True)
+        m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=True, hkv=hkv, dv=dv)
         fwd = 3 * m.scores * m.c + m.scores + m.q_rows * m.c
-        return fwd + (2 * m.scores * m.c + (m.q_rows + 2 * m.k_rows) * m.e) * backward
-    m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=False)
+        return fwd + (2 * m.scores * m.c + (m.q_rows + m.kv_rows) * m.e) * backward
+    m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=False, hkv=hkv, dv=dv)
     workspace = 0
     if device == "cpu":
         tq, tk = min(cfg.block, nq), min(cfg.block, nk)
         per_thread = (tq * tk + 2 * tq + tq * d) * 4 + (tq * tk + tk * d + tq * d) * m.e
-        workspace = torch.get_num_threads() * per_thread + 2 * m.k_rows * m.e
+        workspace = torch.get_num_threads() * per_thread + m.kv_rows * m.e
     return memory_models.streaming(m, backward=backward, workspace=workspace)
 
 
 def bytes_moved(
     b: int, h: int, nq: int, nk: int, d: int, *,
     dtype: torch.dtype, causal: bool, backward: bool, cfg: Config, device: str = "cpu",
+    hkv: int = 0, dv: int = 0,
 ) -> int | None:
     """Eager: every pass over its materialised float32 scores and the (B, H, Nq, Nk) mask;
     compiled: no model of its own (inputs and outputs once, the harness's count)."""
     if cfg.compiled:
         return None
-    m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=True)
+    m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=True, hkv=hkv, dv=dv)
     return memory_models.materialised_traffic(m, masked=True, backward=backward)
 
 

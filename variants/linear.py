@@ -76,9 +76,10 @@ unavailable_reason = always_available  # runs wherever SUPPORTS says
 def expected_peak_bytes(
     b: int, h: int, nq: int, nk: int, d: int, *,
     dtype: torch.dtype, causal: bool, backward: bool, cfg: Config, device: str = "cpu",
+    hkv: int = 0, dv: int = 0,
 ) -> int:
     """Output (and gradients) plus row-block temporaries; causal adds (C, C) chunk blocks."""
-    m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=True)
+    m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=True, hkv=hkv, dv=dv)
     return memory_models.linear_form(m, causal=causal, chunk=cfg.chunk, backward=backward,
                                      block=ROW_BLOCK_ELEMENTS)
 

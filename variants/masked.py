@@ -141,14 +141,16 @@ def dispatched(shape: Shape, *, device: str, dtype: torch.dtype, causal: bool,
 def expected_peak_bytes(
     b: int, h: int, nq: int, nk: int, d: int, *,
     dtype: torch.dtype, causal: bool, backward: bool, cfg: Config, device: str = "cpu",
+    hkv: int = 0, dv: int = 0,
 ) -> int:
     """naive: materialised scores plus the negated mask; sdpa: streaming, plus the boolean
     mask converted to an additive one and, on CPU, the flash kernel's per-thread tiles (the
     cached mask or bias is setup, held before the call)."""
     if cfg.impl == "naive":
-        m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=False)
+        m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=False, hkv=hkv, dv=dv)
         return memory_models.materialised(m, causal=True, backward=backward)
-    m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=device == "cpu")
+    m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=device == "cpu",
+                           hkv=hkv, dv=dv)
     workspace = nq * nk * m.e if cfg.score_mod == "none" else 0  # bool -> additive mask
     workspace += m.q_rows * m.e if m.e < 4 else 0  # bf16/fp16: one more output-sized buffer
     if device == "cpu":
@@ -160,15 +162,16 @@ def expected_peak_bytes(
 def bytes_moved(
     b: int, h: int, nq: int, nk: int, d: int, *,
     dtype: torch.dtype, causal: bool, backward: bool, cfg: Config, device: str = "cpu",
+    hkv: int = 0, dv: int = 0,
 ) -> int:
     """naive: every pass over materialised scores (memory_models.materialised_traffic); sdpa:
     inputs and outputs once plus the dense mask each direction (a bool mask read and its
     additive copy written and read, or the float bias read)."""
     if cfg.impl == "naive":
-        m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=False)
+        m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=False, hkv=hkv, dv=dv)
         masked = patterns.mask_fn(cfg, causal, nq, nk) is not None
         return memory_models.materialised_traffic(m, masked=masked, backward=backward)
-    m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=False)
+    m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=False, hkv=hkv, dv=dv)
     if cfg.score_mod != "none":
         mask = h * nq * nk * m.e  # the (1, H, Nq, Nk) bias, read
     elif patterns.mask_fn(cfg, causal, nq, nk) is not None:

@@ -85,15 +85,16 @@ unavailable_reason = always_available  # runs wherever SUPPORTS says
 def expected_peak_bytes(
     b: int, h: int, nq: int, nk: int, d: int, *,
     dtype: torch.dtype, causal: bool, backward: bool, cfg: Config, device: str = "cpu",
+    hkv: int = 0, dv: int = 0,
 ) -> int:
     """O(N) rows plus one score tile forward, two backward (variants/memory_models.py)."""
-    m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=True)
+    m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=True, hkv=hkv, dv=dv)
     tq, tk = min(cfg.block_q, nq), min(cfg.block_k, nk)
     tiles = 2 if backward else 1
     unshared = tiles * (b * h - _heads_per_tile(b * h, tq, tk, dtype)) * tq * tk * m.c
     upcast = m.c > m.e  # low precision is copied to float32 anyway
     if backward:  # fp32 copies k, v to append a column; no delta temporary outlives delta
-        extra = -m.q_rows * m.c if upcast else 2 * m.k_rows * m.c
+        extra = -m.q_rows * m.c if upcast else m.kv_rows * m.c
     else:  # fp32 copies k to append a column
         extra = 0 if upcast else m.k_rows * m.c
     tiled = memory_models.tiled(m, tile_q=cfg.block_q, tile_k=cfg.block_k, backward=backward)

@@ -34,17 +34,34 @@ class Dims(Shape):
 
     @property
     def k_rows(self) -> int:
-        """Elements of one (B, H, Nk, D) tensor."""
-        return self.b * self.h * self.nk * self.d
+        """Elements of k: (B, Hkv, Nk, D)."""
+        return self.b * self.kv_heads * self.nk * self.d
+
+    @property
+    def v_rows(self) -> int:
+        """Elements of v: (B, Hkv, Nk, Dv)."""
+        return self.b * self.kv_heads * self.nk * self.value_dim
+
+    @property
+    def kv_rows(self) -> int:
+        """Elements of k and v together."""
+        return self.k_rows + self.v_rows
+
+    @property
+    def o_rows(self) -> int:
+        """Elements of the output (and of dout): (B, H, Nq, Dv)."""
+        return self.b * self.h * self.nq * self.value_dim
 
 
 def dims(
-    b: int, h: int, nq: int, nk: int, d: int, dtype: torch.dtype, upcast_low_precision: bool
+    b: int, h: int, nq: int, nk: int, d: int, dtype: torch.dtype, upcast_low_precision: bool,
+    *, hkv: int = 0, dv: int = 0,
 ) -> Dims:
-    """Dims for a dtype; compute dtype is float32 for bf16/fp16 if the variant upcasts."""
-    e = torch.empty((), dtype=dtype).element_size()
+    """Dims for a dtype (grouped k, v with ``hkv`` heads; v and out with head dim ``dv``);
+    the compute dtype is float32 for bf16/fp16 if the variant upcasts."""
+    e = dtype.itemsize
     c = 4 if upcast_low_precision and e < 4 else e
-    return Dims(b, h, nq, nk, d, e=e, c=c)
+    return Dims(b, h, nq, nk, d, hkv, dv, e=e, c=c)
 
 
 def materialised(m: Dims, *, causal: bool, backward: bool) -> int:
@@ -63,29 +80,29 @@ def tiled(m: Dims, *, tile_q: int, tile_k: int, backward: bool) -> int:
     tq, tk = min(tile_q, m.nq), min(tile_k, m.nk)
     tile = m.b * m.h * tq * tk * m.c
     lse = m.b * m.h * m.nq * m.c
-    upcast_kv = 2 * m.k_rows * m.c if m.c > m.e else 0  # k, v copied to the compute dtype
-    fwd = m.q_rows * (m.e + m.c) + lse + tile + m.b * m.h * tq * m.d * m.c + upcast_kv
+    upcast_kv = m.kv_rows * m.c if m.c > m.e else 0  # k, v copied to the compute dtype
+    fwd = m.o_rows * (m.e + m.c) + lse + tile + m.b * m.h * tq * m.value_dim * m.c + upcast_kv
     if not backward:
         return fwd
     # out and lse saved; backward holds scaled q, dq, a delta temporary, dk, dv, two tiles,
     # and, for low precision, float32 copies of k, v, dout and out.
     upcast_rows = 2 * m.q_rows * m.c if m.c > m.e else 0
-    return (m.q_rows * (m.e + 3 * m.c) + 2 * m.k_rows * m.e + lse + 2 * tile + upcast_kv
+    return (m.q_rows * (m.e + 3 * m.c) + m.kv_rows * m.e + lse + 2 * tile + upcast_kv
             + upcast_rows)
 
 
 def streaming(m: Dims, *, backward: bool, workspace: int = 0) -> int:
     """Fused kernels: output and row statistics, plus dq, dk, dv and a grad-sized buffer."""
-    fwd = m.q_rows * m.e + m.b * m.h * m.nq * 4 + workspace
-    return fwd + (2 * m.q_rows + 2 * m.k_rows) * m.e if backward else fwd
+    fwd = m.o_rows * m.e + m.b * m.h * m.nq * 4 + workspace
+    return fwd + (2 * m.q_rows + m.kv_rows) * m.e if backward else fwd
 
 
 def linear_form(m: Dims, *, causal: bool, chunk: int, backward: bool, block: int) -> int:
     """Linear attention in row blocks of about ``block`` values: the output (and dq, dk, dv)
     are its only N-sized tensors, besides a few (B, H, rows, D) block temporaries and, if
     causal, (B, H, rows, C) masked chunk products. Low precision blocks are upcast first."""
-    out = m.q_rows * m.e
-    grads = (m.q_rows + 2 * m.k_rows) * m.e if backward else 0
+    out = m.o_rows * m.e
+    grads = (m.q_rows + m.kv_rows) * m.e if backward else 0
     if causal:  # blocks of whole chunks: C = min(chunk, Nq), rows = queries left if fewer
         c = max(1, min(chunk, m.nq))
         rows = min(max(1, block // max(1, m.b * m.h * m.d) // c) * c, -(-m.nq // c) * c)
@@ -103,10 +120,12 @@ def linear_form(m: Dims, *, causal: bool, chunk: int, backward: bool, block: int
 
 def io_traffic(m: Dims, *, backward: bool) -> int:
     """The least any implementation moves: forward reads q, k, v and writes out (and float32
-    row statistics); backward reads q, k, v, out, dout, the statistics, writes dq, dk, dv."""
+    row statistics); backward reads q, k, v, out, dout, the statistics, writes dq, dk, dv.
+    Grouped k, v count their Hkv heads once (a kernel that re-reads them per query head moves
+    more), v, out and dout their head dim Dv."""
     lse = m.b * m.h * m.nq * 4
-    fwd = (2 * m.q_rows + 2 * m.k_rows) * m.e + lse
-    bwd = (3 * m.q_rows + 2 * m.k_rows) * m.e + lse + (m.q_rows + 2 * m.k_rows) * m.e
+    fwd = (m.q_rows + m.kv_rows + m.o_rows) * m.e + lse
+    bwd = (m.q_rows + m.kv_rows + 2 * m.o_rows) * m.e + lse + (m.q_rows + m.kv_rows) * m.e
     return fwd + bwd if backward else fwd
 
 

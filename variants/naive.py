@@ -46,19 +46,21 @@ unavailable_reason = always_available  # runs wherever SUPPORTS says
 def expected_peak_bytes(
     b: int, h: int, nq: int, nk: int, d: int, *,
     dtype: torch.dtype, causal: bool, backward: bool, cfg: Config, device: str = "cpu",
+    hkv: int = 0, dv: int = 0,
 ) -> int:
     """Two (Nq, Nk) matrices forward, three with backward (variants/memory_models.py)."""
-    m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=False)
+    m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=False, hkv=hkv, dv=dv)
     return memory_models.materialised(m, causal=causal, backward=backward)
 
 
 def bytes_moved(
     b: int, h: int, nq: int, nk: int, d: int, *,
     dtype: torch.dtype, causal: bool, backward: bool, cfg: Config, device: str = "cpu",
+    hkv: int = 0, dv: int = 0,
 ) -> int:
     """Inputs and outputs once plus every pass over the (B, H, Nq, Nk) scores it writes,
     scales, softmaxes and multiplies (variants/memory_models.py); causal adds its mask."""
-    m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=False)
+    m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=False, hkv=hkv, dv=dv)
     return memory_models.materialised_traffic(m, masked=causal, backward=backward)
 
 

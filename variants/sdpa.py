@@ -140,13 +140,15 @@ def _pinned(backend: SDPBackend, cfg: Config, call: Callable[[], Any]) -> Any:
 def expected_peak_bytes(
     b: int, h: int, nq: int, nk: int, d: int, *,
     dtype: torch.dtype, causal: bool, backward: bool, cfg: Config, device: str = "cpu",
+    hkv: int = 0, dv: int = 0,
 ) -> int:
     """math: materialised scores; fused: O(N) rows, plus, on CPU only, the CPU flash kernel's
     per-thread fp32 tiles (CUDA kernels keep their tiles on chip)."""
     if cfg.backend == "math":  # upcasts bf16/fp16 to fp32 on CPU and CUDA alike
-        m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=True)
+        m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=True, hkv=hkv, dv=dv)
         return memory_models.materialised(m, causal=False, backward=backward)
-    m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=device == "cpu")
+    m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=device == "cpu",
+                           hkv=hkv, dv=dv)
     workspace = 0
     if device == "cpu":
         per_thread = (min(256, nq) * min(512, nk) + min(256, nq) * d) * 4  # qk and out tiles

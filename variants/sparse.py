@@ -189,12 +189,13 @@ def computed_scores(nq: int, nk: int, causal: bool, cfg: Config) -> int:
 def expected_peak_bytes(
     b: int, h: int, nq: int, nk: int, d: int, *,
     dtype: torch.dtype, causal: bool, backward: bool, cfg: Config, device: str = "cpu",
+    hkv: int = 0, dv: int = 0,
 ) -> int:
     """Rows padded to whole tiles (output and logsumexp; in backward dq, dk, dv too), one
     group's padded q, k, v (and dO), one chunk's scores twice (backward: and their band
     gradients), or BigBird's dense global rows of one group if larger; low precision adds
     float32 copies of q, k, v (backward: of dO too) and the casts back."""
-    m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=True)
+    m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=True, hkv=hkv, dv=dv)
     bs, bh, low = cfg.block, b * h, m.c > m.e
     if cfg.pattern == "window":
         q_len = k_len = kernels.window_plan(nq, nk, cfg.window, bs, causal).rows
@@ -208,11 +209,11 @@ def expected_peak_bytes(
     if cfg.pattern == "bigbird":  # global rows: (G, Nk) scores per pair, as many as fit
         dense = min(cfg.num_global_blocks * bs, nq) * nk
         dense *= min(pairs, max(1, budget // max(1, dense)))
-    rows = bh * q_len * (d + 1) * m.c + ((m.q_rows + 2 * m.k_rows) * m.c if low else 0)
+    rows = bh * q_len * (d + 1) * m.c + ((m.q_rows + m.kv_rows) * m.c if low else 0)
     if not backward:
         return rows + (m.q_rows * m.e if low else 0) + (group + 2 * max(chunk, dense)) * m.c
     grads = bh * (q_len + 2 * k_len) * d * m.c  # dq, dk, dv buffers
-    casts = (m.q_rows + 2 * m.k_rows) * m.e + m.q_rows * m.c if low else 0
+    casts = (m.q_rows + m.kv_rows) * m.e + m.q_rows * m.c if low else 0
     work = max(2 * chunk + chunk * d // bs, 3 * dense)  # scores, dS and a band gradient
     return rows + grads + casts + (group + pairs * q_len * d + work) * m.c
 

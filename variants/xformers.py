@@ -216,9 +216,10 @@ def unavailable_reason(
 def expected_peak_bytes(
     b: int, h: int, nq: int, nk: int, d: int, *,
     dtype: torch.dtype, causal: bool, backward: bool, cfg: Config, device: str = "cpu",
+    hkv: int = 0, dv: int = 0,
 ) -> int:
     """Fused CUDA kernels keep tiles on chip: output, row statistics and gradients only."""
-    m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=False)
+    m = memory_models.dims(b, h, nq, nk, d, dtype, upcast_low_precision=False, hkv=hkv, dv=dv)
     return memory_models.streaming(m, backward=backward)
 
 
