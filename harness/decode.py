@@ -108,10 +108,12 @@ def _state_check(got: torch.Tensor, want: torch.Tensor) -> TensorCheck:
     return TensorCheck("cache", err, err / scale, allowed, 0.0, err <= allowed)
 
 
-def step_call(case: Case, variant: Variant, seed: int) -> tuple[Callable[[], object], int]:
+def step_call(case: Case, variant: Variant, seed: int
+              ) -> tuple[Callable[[], object], int, int]:
     """A repeatable step at the case's own shape, its cache prefilled from seeded keys and
-    values drawn in the case's dtype (no float64 copies of a long context), and the cache's
-    bytes."""
+    values drawn in the case's dtype (no float64 copies of a long context), the cache's
+    bytes, and the bytes of it a step reads (``read_nbytes(t)`` of a cache that reads less
+    than it holds, as BigBird's; else all of it)."""
     dtype, n, t = DTYPES[case.dtype], case.nk, case.new_tokens
     gen = torch.Generator().manual_seed(seed)
     b, h, hkv, d, dv = case.b, case.h, case.shape.kv_heads, case.d, case.shape.value_dim
@@ -123,7 +125,8 @@ def step_call(case: Case, variant: Variant, seed: int) -> tuple[Callable[[], obj
                 for heads, dim in ((h, d), (hkv, d), (hkv, dv)))  # q, k, v: (B, H|Hkv, t, D|Dv)
     step = checked_step(case, variant)
     held = int(cache.nbytes()) if callable(getattr(cache, "nbytes", None)) else 0
-    return (lambda: step(*new, cache)), held
+    reads = getattr(cache, "read_nbytes", None)
+    return (lambda: step(*new, cache)), held, int(reads(t)) if callable(reads) else held
 
 
 def predicted_step_bytes(case: Case) -> int:
@@ -135,8 +138,8 @@ def predicted_step_bytes(case: Case) -> int:
 
 
 def step_io_bytes(case: Case, cache_bytes: int) -> int:
-    """Bytes a step moves at least: the cache read once, the new q, k, v read and written
-    into the cache, the output written."""
+    """Bytes a step moves at least: the cache it reads (``cache_bytes``) once, the new q, k,
+    v read and written into the cache, the output written."""
     element = DTYPES[case.dtype].itemsize
     s = case.shape
     token = case.b * element * (s.h * (s.d + s.value_dim) + 2 * s.kv_heads * (s.d + s.value_dim))

@@ -259,14 +259,14 @@ def _measure_decode(case: Case, s: MeasureSettings, row: Row) -> Row:
     if s.check:
         agreement, shape = check_decode(case, variant, s.check_max_scores, s.seed)
         row = replace(row, **_agreement_fields(agreement, shape))
-    run, cache_bytes = step_call(case, variant, s.seed)
+    run, cache_bytes, read_bytes = step_call(case, variant, s.seed)
     timed = _time(case, s, threads, run)
     timer = timed.pop("timer")
     row = replace(row, **timed, cache_mib=cache_bytes / MIB,
                   extra={**row.extra, "timer": timer, "allocator": in_effect()})
     if s.memory and case.device.split(":")[0] in MEMORY_DEVICES:
         row = replace(row, peak_fwd_mib=peak_bytes(run, case.device) / MIB)
-    moved = step_io_bytes(case, cache_bytes)
+    moved = step_io_bytes(case, read_bytes)
     flops = mode_flops(case.spec.variant.computes(case.spec.cfg), case.mode, case.b, case.h,
                        case.nq, case.nk, case.d, True, case.new_tokens, dv=case.dv or None)
     seconds = row.median_ms * 1e-3 if row.median_ms else None

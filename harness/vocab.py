@@ -49,8 +49,9 @@ DENSE_MASK_FLOPS = "all pairs (dense mask)"
 IO_ONLY_BYTES = "inputs read once, outputs written once (no model of the variant's own)"
 
 #: a decode row's bytes convention: what any step must move at least
-DECODE_BYTES = ("the cache read once; the step's q, k, v read, its k, v cached and its output "
-                "written once")
+DECODE_BYTES = ("the cached positions the step reads (all, unless a sparse pattern skips some) "
+                "read once; the step's q, k, v read, its k, v cached and its output written "
+                "once")
 
 #: bytes per element of each dtype name a row can carry: the report layer reads sizes here,
 #: torch-free (variants.contract.DTYPES maps the same names to torch dtypes; tests/test_vocab.py

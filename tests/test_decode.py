@@ -34,10 +34,11 @@ REFUSING = [s for s in SPECS if s.variant.decode_reason(s.cfg) is not None]
 
 
 def test_the_exact_linear_and_window_variants_declare_decode() -> None:
-    """Which forms exist: exact K/V caches, linear's state, the sliding window's last w."""
+    """Which forms exist: exact K/V caches, linear's state, the sliding window's last w,
+    BigBird's K/V cache read through its block table."""
     labels = {s.label for s in DECODING}
-    assert {"naive", "sdpa", "memory_efficient", "linear", "sparse"} <= labels
-    assert "sparse@bigbird" in {s.label for s in REFUSING}
+    assert {"naive", "sdpa", "memory_efficient", "linear", "sparse", "sparse@bigbird"} <= labels
+    assert {"flex", "masked"} <= {s.label for s in REFUSING}
 
 
 @pytest.mark.parametrize("spec", DECODING, ids=lambda s: s.label)
@@ -96,13 +97,49 @@ def test_the_output_check_catches_a_window_off_by_one(monkeypatch) -> None:
     assert not agreement.ok and agreement.worst().tensor == "out"
 
 
+@pytest.mark.parametrize("n, t", [(40, 1), (2000, 1), (2000, 5), (2010, 8)])
+def test_a_bigbird_step_reads_just_the_key_blocks_its_rows_keep(n, t) -> None:
+    """BigBird's step gathers the kept blocks of the N + t table's last t rows: exactly the
+    dense pattern's keys there, (3 + g + r) blocks of a row at most (a query block in the
+    global rows sees every key)."""
+    from variants import sparse
+
+    cfg = sparse.Config(pattern="bigbird", block=16)
+    blocks = -(-n // cfg.block)
+    pos, keep = decoding.block_step_keys(sparse._table(cfg, blocks, blocks), t, n, cfg.block)
+    dense = sparse.bigbird_keep(n, n, True, torch.device("cpu"), cfg=cfg)[n - t:]  # (t, n)
+    assert torch.equal(dense[:, pos], keep) and int(dense.sum()) == int(keep.sum())
+    row_blocks = len({(i // cfg.block) for i in range(n - t, n)})
+    per_row = 3 + cfg.num_global_blocks + cfg.num_random_blocks
+    if blocks <= 3:  # local (+-1) and global blocks keep every key of three blocks
+        assert len(pos) == n
+    else:
+        assert len(pos) <= row_blocks * per_row * cfg.block < n
+
+
+def test_the_output_check_catches_a_bigbird_step_on_another_table(monkeypatch) -> None:
+    """A BigBird step that reads a table drawn for other block counts than N + t's disagrees
+    with the oracle (the random blocks move with the block counts)."""
+    from variants import sparse
+
+    spec = next(s for s in DECODING if s.label == "sparse@bigbird")
+    real = sparse.block_step_keys
+
+    def other_table(table, t, n, block):
+        return real(sparse._table(spec.cfg, table.shape[0] + 1, table.shape[1] + 1), t, n, block)
+
+    monkeypatch.setattr(sparse, "block_step_keys", other_table)
+    agreement, _ = check_decode(decode_case(spec, 640, 1), spec.variant, 2**22, seed=0)
+    assert not agreement.ok and agreement.worst().tensor == "out"
+
+
 @pytest.mark.parametrize("spec", DECODING, ids=lambda s: s.label)
 def test_a_step_is_repeatable_and_leaves_its_cache_alone(spec) -> None:
     """Timing calls the same step again and again: same output, same cache before it."""
-    run, held = step_call(decode_case(spec, 300, 4), spec.variant, seed=0)
+    run, held, read = step_call(decode_case(spec, 300, 4), spec.variant, seed=0)
     first, after = run()
     second, _ = run()
-    assert torch.equal(first, second) and held > 0
+    assert torch.equal(first, second) and 0 < read <= held
     assert after.length == 304 if hasattr(after, "length") else True
 
 
@@ -118,6 +155,11 @@ def test_cache_bytes_follow_each_form() -> None:
     assert held("sparse", 100) == 2 * 100 * 16 * element
     assert held("sparse", 2000) == held("sparse", 4000) == 2 * window * 16 * element
     assert held("linear", 100) == held("linear", 4000) == (16 * 16 + 16) * element
+    assert held("sparse@bigbird", 2000) == held("sdpa", 2000)  # any key block may be drawn
+    bigbird = next(s for s in DECODING if s.label == "sparse@bigbird")
+    _, kept, read = step_call(decode_case(bigbird, 4000, 1, b=1, h=1), bigbird.variant, seed=0)
+    blocks = 3 + bigbird.cfg.num_global_blocks + bigbird.cfg.num_random_blocks
+    assert 0 < read <= blocks * bigbird.cfg.block * 2 * 16 * element < kept  # its rows' blocks
 
 
 @pytest.mark.parametrize("spec", REFUSING, ids=lambda s: s.label)

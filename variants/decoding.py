@@ -16,6 +16,7 @@ contents (``state``): a step's result must equal the cache built from the longer
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +58,7 @@ class KVCache:
                              f"{self.k.shape[-2]}")
         self.k[:, :, self.length:end].copy_(k)
         self.v[:, :, self.length:end].copy_(v)
-        return KVCache(self.k, self.v, end)
+        return dataclasses.replace(self, length=end)  # a subclass stays itself
 
     def keys(self) -> torch.Tensor:
         """The cached keys (B, H, length, D), a view."""
@@ -131,3 +132,19 @@ def window_step_keep(
     """``step_keep`` within a causal window: query i - key j in [0, w], (t, n) bool."""
     gap = torch.arange(n - t, n, device=device)[:, None] - torch.arange(n, device=device)
     return (gap >= 0) & (gap <= window)  # (t, n)
+
+
+def block_step_keys(
+    table: torch.Tensor, t: int, n: int, block: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keys t new queries (the last t of n positions) see under a block-level keep table
+    (nqb, nkb) of blocks of ``block`` positions, causal on top: the positions of every key
+    block some new query keeps (P,), and which of them each query sees (t, P) bool. Work and
+    size follow the kept blocks, not n (a global query row keeps them all)."""
+    rows = torch.arange(n - t, n)  # (t,) positions of the new queries
+    row_blocks = table[rows // block]  # (t, nkb)
+    kept = row_blocks.any(0).nonzero().flatten()  # (kb,) key blocks any new query keeps
+    pos = (kept[:, None] * block + torch.arange(block)).flatten()  # (kb * block,)
+    pos = pos[pos < n]  # (P,) the last block may be partial
+    keep = row_blocks[:, pos // block] & (pos[None, :] <= rows[:, None])  # (t, P)
+    return pos, keep

@@ -52,7 +52,7 @@ import torch
 from variants import memory_models, patterns
 from variants import sparse_kernels as kernels
 from variants.contract import SparseSoftmax, Supports, always_available, default_scale
-from variants.decoding import WindowCache, window_step_keep
+from variants.decoding import KVCache, WindowCache, block_step_keys, window_step_keep
 from variants.grouping import fold, group_size, per_group, repeat_rows, unfold
 from variants.naive import masked_softmax_attention
 
@@ -323,30 +323,57 @@ def attention(
 
 
 def decode_unavailable(cfg: Config) -> str | None:
-    """BigBird has no decode form: its random blocks are drawn from the numbers of query and
-    key blocks, so the keys an earlier token kept change as the context grows."""
-    if cfg.pattern == "window":
-        return None
-    return ("sparse@bigbird has no decode form: its random key blocks are drawn from the "
-            "numbers of query and key blocks, so the pattern of earlier tokens changes as the "
-            "context grows and no cache built for N extends to N + 1")
+    """Both patterns decode: the window from its last w keys, BigBird from a K/V cache."""
+    return None
+
+
+@dataclass(frozen=True)
+class BlockCache(KVCache):
+    """BigBird's decode cache: every key and value (a later query block may draw any key
+    block), of which a step reads the blocks its rows keep."""
+
+    cfg: Config = Config(pattern="bigbird")
+
+    def step_keys(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``block_step_keys`` of t new tokens after this cache, from the table of N + t."""
+        n, bs = self.length + t, self.cfg.block
+        return block_step_keys(_table(self.cfg, -(-n // bs), -(-n // bs)), t, n, bs)
+
+    def read_nbytes(self, t: int) -> int:
+        """Bytes of the cached positions a step of t tokens reads (its kept blocks)."""
+        cached = int((self.step_keys(t)[0] < self.length).sum())
+        per_position = self.k.element_size() * self.k.shape[0] * self.k.shape[1]
+        return cached * per_position * (self.k.shape[-1] + self.v.shape[-1])
 
 
 def prefill(k: torch.Tensor, v: torch.Tensor, *, capacity: int, cfg: Config = Config()
-            ) -> WindowCache:
-    """The window's decode cache: the last w keys and values (B, H, <=w, D), no more."""
-    return WindowCache.prefill(k, v, cfg.window)
+            ) -> WindowCache | BlockCache:
+    """The window's decode cache: the last w keys and values (B, Hkv, <=w, D), no more;
+    BigBird's: every key and value (``BlockCache``)."""
+    if cfg.pattern == "window":
+        return WindowCache.prefill(k, v, cfg.window)
+    full = KVCache.prefill(k, v, capacity)
+    return BlockCache(full.k, full.v, full.length, cfg)
 
 
 def decode(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: WindowCache, *,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: WindowCache | BlockCache, *,
     scale: float | None = None, cfg: Config = Config(),
-) -> tuple[torch.Tensor, WindowCache]:
-    """t new queries against the last w cached keys and the new ones (query - key in
-    [0, w]): O(w) per token whatever the context; the cache keeps the last w."""
-    keys, values = cache.extended(k, v)  # (B, Hkv, <=w + t, D)
-    keep = window_step_keep(q.shape[-2], keys.shape[-2], cfg.window, q.device)  # (t, <=w + t)
-    out = masked_softmax_attention(fold(q, k.shape[1]), keys, values,
-                                   default_scale(q.shape[-1], scale),
-                                   repeat_rows(keep, group_size(q, k)))  # (B, Hkv, G t, D)
-    return unfold(out, q.shape[1]), cache.after(keys, values, q.shape[-2])  # (B, H, t, D)
+) -> tuple[torch.Tensor, WindowCache | BlockCache]:
+    """t new queries (B, H, t, D) under the pattern: the window's last w cached keys and the
+    new ones (query - key in [0, w]): O(w) per token whatever the context; BigBird's rows of
+    the block table for all N + t positions, gathered from the cache: O((3 + g + r) block)
+    per token, except in the global query blocks, which see every key."""
+    scale, g = default_scale(q.shape[-1], scale), group_size(q, k)
+    if isinstance(cache, WindowCache):
+        keys, values = cache.extended(k, v)  # (B, Hkv, <=w + t, D)
+        keep = window_step_keep(q.shape[-2], keys.shape[-2], cfg.window, q.device)  # (t, .)
+        out = masked_softmax_attention(fold(q, k.shape[1]), keys, values, scale,
+                                       repeat_rows(keep, g))  # (B, Hkv, G t, D)
+        return unfold(out, q.shape[1]), cache.after(keys, values, q.shape[-2])
+    pos, keep = cache.step_keys(q.shape[-2])  # (P,) kept key positions, (t, P)
+    cache, pos = cache.append(k, v), pos.to(q.device)
+    keys, values = (x.index_select(2, pos) for x in (cache.keys(), cache.values()))
+    out = masked_softmax_attention(fold(q, k.shape[1]), keys, values, scale,
+                                   repeat_rows(keep.to(q.device), g))  # (B, Hkv, G t, Dv)
+    return unfold(out, q.shape[1]), cache  # (B, H, t, Dv)
