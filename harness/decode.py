@@ -7,7 +7,8 @@ the step takes the last t queries, keys and values. The reference is the last t 
 causal attention over all N + t tokens in float64 (``oracle.reference``: each semantics'
 own), and a stateful cache must equal, after the step, the cache built from all N + t.
 Timing repeats the step against the same cache (steps never change the cache they are
-given); memory is the step's peak above its inputs, and ``cache_mib`` the cache it reads.
+given); memory is the step's peak above its inputs, and ``cache_mib`` the cache it holds
+(a step reads all of it, but BigBird's: its rows' kept blocks; ``bytes_moved`` counts reads).
 """
 
 from __future__ import annotations

@@ -16,11 +16,12 @@ def held_bytes(row: Row) -> float | None:
     if row.status not in MEASURED or peak is None:
         return None
     element = ELEMENT_BYTES[row.dtype]
-    kv = row.kv_heads or row.h
+    kv, dv = row.kv_heads or row.h, row.dv or row.d
     if row.mode == DECODE:
         return peak * MIB + (row.cache_mib or 0.0) * MIB
-    tensors = row.h * (2 if row.mode in BACKWARD_MODES else 1) + 2 * kv  # q (dout), k, v
-    return peak * MIB + element * row.b * row.nq * row.d * tensors
+    dout = row.h * row.nq * dv if row.mode in BACKWARD_MODES else 0
+    inputs = row.h * row.nq * row.d + dout + kv * row.nk * (row.d + dv)  # q, dout, k, v
+    return peak * MIB + element * row.b * inputs
 
 
 def fits(row: Row, budget: float) -> bool:

@@ -92,7 +92,7 @@ def section(view: FigureView, notes: Footnotes, fig_dir: Path) -> list[str]:
              "Peak memory above the inputs (MiB) for this mode:", "",
              *pivot(view.rows, "memory", notes), "", *which_lines(view.rows)]
     if view.setting is not None and view.setting.mode == DECODE:
-        lines += ["Cache the step reads (MiB; N is the cached context):", "",
+        lines += ["Cache the step holds (MiB; N is the cached context):", "",
                   *pivot(view.rows, "cache", notes), ""]
     if view.setting is not None and view.setting.ragged:
         lines += ["Effective throughput (thousand real tokens per second):", "",

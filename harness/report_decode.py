@@ -36,8 +36,8 @@ def decode_figure(view: FigureView) -> Figure | str:
     if copy:
         rate_ax.axhline(max(copy), color="grey", lw=0.8, ls=":",
                         label=f"measured copy bandwidth {max(copy):.3g} GiB/s")
-    for ax, what in ((cache_ax, "cache the step reads (MiB)"),
-                     (rate_ax, "achieved GiB/s (cache + step tokens)")):
+    for ax, what in ((cache_ax, "cache the step holds (MiB)"),
+                     (rate_ax, "achieved GiB/s (cache read + step tokens)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("cached context N (tokens)")

@@ -62,8 +62,8 @@ def traffic(case: Case) -> Traffic:
         return (own, True) if own is not None else (io_bytes(shape, dtype=dtype,
                                                              backward=backward), False)
     shapes = call_shapes(case)
-    fwd = sum(count(s, False)[0] for s in shapes)
-    modelled = count(shapes[0], False)[1]
+    forward = [count(s, False) for s in shapes]
+    fwd, modelled = sum(n for n, _ in forward), forward[0][1]
     both = sum(count(s, True)[0] for s in shapes) if case.mode != "fwd" else fwd
     moved = {"fwd": fwd, "bwd": both - fwd, "fwd+bwd": both}[case.mode]
     return Traffic(moved, f"{variant.name}'s traffic model" if modelled else IO_ONLY_BYTES)

@@ -67,7 +67,7 @@ class Row:
     peak_fwd_bwd_mib: float | None = None
     expected_fwd_mib: float | None = None
     expected_fwd_bwd_mib: float | None = None
-    cache_mib: float | None = None  # decode: the cache the step reads (KV, window or state)
+    cache_mib: float | None = None  # decode: the cache the step holds (KV, window or state)
     # ragged batches: real tokens per second, and the share of computed pairs that are padding
     tokens_per_s: float | None = None
     padding_waste: float | None = None

@@ -228,6 +228,6 @@ def test_the_report_shows_decode_settings_with_cache_figure_and_which_one(tmp_pa
     (run / "rows.jsonl").write_text("".join(json.dumps(r.to_json()) + "\n" for r in rows))
     report = build(load([run], allow_no_manifest=True), tmp_path / "out", "sdpa")
     text = report.read_text()
-    assert "decode t=1" in text and "Cache the step reads (MiB" in text
+    assert "decode t=1" in text and "Cache the step holds (MiB" in text
     assert "Which one: the fastest exact variant" in text
     assert list((tmp_path / "out" / "figures").glob("decode_*.png"))

@@ -135,3 +135,19 @@ def test_materialising_variants_count_every_pass_over_their_scores() -> None:
     assert flex.bytes_moved(Shape(*dims), backward=False, cfg=flex.presets["window"], **kw) is None
     eager = flex.bytes_moved(Shape(*dims), backward=False, cfg=flex.presets["eager"], **kw)
     assert eager > io_bytes(Shape(*dims), dtype=f32, backward=False) + 6 * m.scores * 4
+
+
+def test_a_model_without_the_grouping_keywords_still_serves_plain_shapes(monkeypatch) -> None:
+    """A module's model written before hkv and dv existed gets neither for a plain shape; a
+    grouped shape hands them to a model that takes them."""
+    naive = variants.get("naive")
+    kw = {"dtype": torch.float32, "causal": False, "backward": False,
+          "cfg": naive.config_cls(), "device": "cpu"}
+
+    def old(b, h, nq, nk, d, *, dtype, causal, backward, cfg, device):
+        return b * h * nq * nk * d
+
+    monkeypatch.setattr(naive.module, "bytes_moved", old)
+    assert naive.bytes_moved(Shape(1, 2, 8, 8, 4), **kw) == 2 * 8 * 8 * 4
+    monkeypatch.setattr(naive.module, "bytes_moved", lambda *a, hkv=0, dv=0, **k: 100 * hkv + dv)
+    assert naive.bytes_moved(Shape(1, 2, 8, 8, 4, 1, 6), **kw) == 106

@@ -16,9 +16,13 @@ A variant is one module ``variants/<NAME>.py`` (found by name: variants/__init__
   person understands when the variant cannot run here (beyond ``SUPPORTS``), else None;
   ``unavailable_reason = always_available`` for variants with nothing to add.
 - optional ``expected_peak_bytes(b, h, nq, nk, d, *, dtype, causal, backward, cfg, device)
-  -> int``: the
-  variant's analytic memory model (``variants/memory_models.py`` has the family formulas);
-  without it, reports show no expectation beside the measured peak.
+  -> int``: the variant's analytic memory model (``variants/memory_models.py`` has the
+  family formulas); without it, reports show no expectation beside the measured peak. A
+  variant that declares ``Supports.gqa`` or ``Supports.value_dim`` takes ``hkv`` and ``dv``
+  keywords too: they are passed only when not 0 (k, v with H heads; v with D).
+- optional ``bytes_moved(...)``, the same arguments: bytes a forward (``backward``: a forward
+  and a backward) reads and writes, for the roofline; None or absent: inputs and outputs
+  once.
 - ``attention(q, k, v, *, causal, scale, cfg) -> Tensor`` with q (B, H, Nq, D) and k, v
   (B, H, Nk, D), or (B, Hkv, Nk, D) when ``SUPPORTS.gqa`` (query head h reads kv head
   h // (H / Hkv)); output (B, H, Nq, D) in the input dtype. ``scale`` None means 1/sqrt(D).
@@ -222,6 +226,12 @@ def default_scale(head_dim: int, scale: float | None) -> float:
     return 1.0 / math.sqrt(head_dim) if scale is None else scale
 
 
+def _grouping(shape: Shape) -> dict[str, int]:
+    """The ``hkv`` and ``dv`` keywords of a shape that has them, for a module's models: a
+    module that supports neither need not take them."""
+    return {name: value for name, value in (("hkv", shape.hkv), ("dv", shape.dv)) if value}
+
+
 @dataclass(frozen=True)
 class Variant:
     """A loaded, contract-checked variant module."""
@@ -275,13 +285,13 @@ class Variant:
         self, shape: Shape, *,
         dtype: torch.dtype, causal: bool, backward: bool, cfg: Any, device: str,
     ) -> int | None:
-        """The variant's analytic peak-memory model on ``device``, or None if it has none.
-        The module's model takes (b, h, nq, nk, d) and the keywords, ``hkv`` and ``dv`` too."""
+        """The variant's analytic peak-memory model on ``device``, or None if it has none
+        (the module's model gets ``hkv`` and ``dv`` only when they are not 0)."""
         model = getattr(self.module, "expected_peak_bytes", None)
         if model is None:
             return None
         s = shape
-        return int(model(s.b, s.h, s.nq, s.nk, s.d, hkv=s.hkv, dv=s.dv, dtype=dtype,
+        return int(model(s.b, s.h, s.nq, s.nk, s.d, **_grouping(s), dtype=dtype,
                          causal=causal, backward=backward, cfg=cfg, device=device))
 
     def bytes_moved(
@@ -295,7 +305,7 @@ class Variant:
         if model is None:
             return None
         s = shape
-        moved = model(s.b, s.h, s.nq, s.nk, s.d, hkv=s.hkv, dv=s.dv, dtype=dtype, causal=causal,
+        moved = model(s.b, s.h, s.nq, s.nk, s.d, **_grouping(s), dtype=dtype, causal=causal,
                       backward=backward, cfg=cfg, device=device)
         return None if moved is None else int(moved)
 

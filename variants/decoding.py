@@ -69,7 +69,7 @@ class KVCache:
         return self.v[:, :, : self.length]
 
     def nbytes(self) -> int:
-        """Bytes of the cached positions (what a step reads)."""
+        """Bytes of the cached positions (what a step reads, unless its pattern skips some)."""
         return nbytes(self.keys(), self.values())
 
     def state(self) -> dict[str, torch.Tensor]:

@@ -94,7 +94,7 @@ def expected_peak_bytes(
     unshared = tiles * (b * h - _heads_per_tile(b * h, tq, tk, dtype)) * tq * tk * m.c
     upcast = m.c > m.e  # low precision is copied to float32 anyway
     if backward:  # fp32 copies k, v to append a column; no delta temporary outlives delta
-        extra = -m.q_rows * m.c if upcast else m.kv_rows * m.c
+        extra = -m.o_rows * m.c if upcast else m.kv_rows * m.c
     else:  # fp32 copies k to append a column
         extra = 0 if upcast else m.k_rows * m.c
     tiled = memory_models.tiled(m, tile_q=cfg.block_q, tile_k=cfg.block_k, backward=backward)

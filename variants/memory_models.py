@@ -81,14 +81,15 @@ def tiled(m: Dims, *, tile_q: int, tile_k: int, backward: bool) -> int:
     tile = m.b * m.h * tq * tk * m.c
     lse = m.b * m.h * m.nq * m.c
     upcast_kv = m.kv_rows * m.c if m.c > m.e else 0  # k, v copied to the compute dtype
-    fwd = m.o_rows * (m.e + m.c) + lse + tile + m.b * m.h * tq * m.value_dim * m.c + upcast_kv
+    acc = m.b * m.h * tq * m.value_dim * m.c  # one query tile's output accumulator
+    fwd = m.o_rows * m.e + m.q_rows * m.c + lse + tile + acc + upcast_kv  # out, scaled q
     if not backward:
         return fwd
-    # out and lse saved; backward holds scaled q, dq, a delta temporary, dk, dv, two tiles,
-    # and, for low precision, float32 copies of k, v, dout and out.
-    upcast_rows = 2 * m.q_rows * m.c if m.c > m.e else 0
-    return (m.q_rows * (m.e + 3 * m.c) + m.kv_rows * m.e + lse + 2 * tile + upcast_kv
-            + upcast_rows)
+    # out and lse saved; backward holds scaled q, dq, a delta temporary (out-sized), dk, dv,
+    # two tiles, and, for low precision, float32 copies of k, v, dout and out.
+    upcast_rows = 2 * m.o_rows * m.c if m.c > m.e else 0
+    return (m.o_rows * (m.e + m.c) + 2 * m.q_rows * m.c + m.kv_rows * m.e + lse + 2 * tile
+            + upcast_kv + upcast_rows)
 
 
 def streaming(m: Dims, *, backward: bool, workspace: int = 0) -> int:

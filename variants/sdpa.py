@@ -151,7 +151,7 @@ def expected_peak_bytes(
                            hkv=hkv, dv=dv)
     workspace = 0
     if device == "cpu":
-        per_thread = (min(256, nq) * min(512, nk) + min(256, nq) * d) * 4  # qk and out tiles
+        per_thread = (min(256, nq) * min(512, nk) + min(256, nq) * m.value_dim) * 4  # qk, out
         workspace = torch.get_num_threads() * per_thread
     return memory_models.streaming(m, backward=backward, workspace=workspace)
 
