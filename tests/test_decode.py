@@ -82,15 +82,16 @@ def test_the_cache_check_catches_a_step_that_does_not_update_its_cache(monkeypat
 
 
 def test_the_output_check_catches_a_window_off_by_one(monkeypatch) -> None:
-    """A window step that drops its oldest cached key disagrees with the oracle."""
+    """A window step that drops its oldest cached key (sees w - 1 back) disagrees with the
+    oracle."""
     spec = next(s for s in DECODING if s.label == "sparse")
     module = spec.variant.module
     real = module.decode
 
     def short(q, k, v, cache, *, scale, cfg):
-        cut = decoding.WindowCache(cache.k[:, :, 1:], cache.v[:, :, 1:], cache.window,
-                                   cache.length)
-        return real(q, k, v, cut, scale=scale, cfg=cfg)
+        narrow = dataclasses.replace(cache, window=cache.window - 1)
+        out, after = real(q, k, v, narrow, scale=scale, cfg=cfg)
+        return out, dataclasses.replace(after, window=cache.window)
 
     monkeypatch.setattr(module, "decode", short)
     agreement, _ = check_decode(decode_case(spec, 400, 1), spec.variant, 2**22, seed=0)
@@ -144,7 +145,7 @@ def test_a_step_is_repeatable_and_leaves_its_cache_alone(spec) -> None:
 
 
 def test_cache_bytes_follow_each_form() -> None:
-    """K/V grows with N; the window stops at w keys; linear's state does not grow at all."""
+    """K/V grows with N; the window's ring holds w + t slots; linear's state does not grow."""
     def held(label: str, n: int) -> int:
         spec = next(s for s in DECODING if s.label == label)
         return step_call(decode_case(spec, n, 1, b=1, h=1), spec.variant, seed=0)[1]
@@ -152,8 +153,8 @@ def test_cache_bytes_follow_each_form() -> None:
     element = 4  # fp32
     assert held("sdpa", 2000) == 2 * 2000 * 16 * element  # K and V, 16 dims
     window = next(s for s in DECODING if s.label == "sparse").cfg.window
-    assert held("sparse", 100) == 2 * 100 * 16 * element
-    assert held("sparse", 2000) == held("sparse", 4000) == 2 * window * 16 * element
+    ring = 2 * (window + 1) * 16 * element  # w + t slots, preallocated: flat from the start
+    assert held("sparse", 100) == held("sparse", 2000) == held("sparse", 4000) == ring
     assert held("linear", 100) == held("linear", 4000) == (16 * 16 + 16) * element
     assert held("sparse@bigbird", 2000) == held("sdpa", 2000)  # any key block may be drawn
     bigbird = next(s for s in DECODING if s.label == "sparse@bigbird")

@@ -9,9 +9,10 @@ Steps are functional: they never change the cache they are given, so the harness
 the same step again and again against the same cache. ``KVCache`` preallocates its capacity
 and a step writes the new keys into the slots just past ``length``, the same slots on every
 repeat, and returns a cache with the longer length that shares the storage (O(k) written, no
-copy of the prefix). ``WindowCache`` keeps only the last w keys, so its bytes stop growing at
-w. Every cache says how many bytes it holds (``nbytes``) and, for the oracle, its logical
-contents (``state``): a step's result must equal the cache built from the longer prefix.
+copy of the prefix). ``WindowCache`` is a ring of the last w + t positions, so its bytes stop
+growing at w + t. Every cache says how many bytes it holds (``nbytes``) and, for the oracle,
+its logical contents (``state``): a step's result must equal the cache built from the longer
+prefix.
 """
 
 from __future__ import annotations
@@ -79,36 +80,63 @@ class KVCache:
 
 @dataclass(frozen=True)
 class WindowCache:
-    """The last ``window`` keys and values before the next token, k, v (B, H, <=w, D), and
-    the number of positions seen so far."""
+    """A ring buffer of the last w + t positions' keys and values, k, v (B, H, w + t, D):
+    slot p % (w + t) holds position p. A step of t tokens writes its keys over the t oldest
+    slots, which its window no longer reaches, and attends the ring in place: no copy and no
+    allocation of O(w) per step, and the same slots on every repeat of a step."""
 
-    k: torch.Tensor
-    v: torch.Tensor
+    k: torch.Tensor  # (B, H, S, D), S = w + t slots
+    v: torch.Tensor  # (B, H, S, Dv)
     window: int
-    length: int
+    length: int  # positions seen so far
 
     @classmethod
-    def prefill(cls, k: torch.Tensor, v: torch.Tensor, window: int) -> WindowCache:
-        """A cache of the last ``window`` of k, v (B, H, L, D)."""
-        keep = slice(max(0, k.shape[-2] - window), None)
-        return cls(k[:, :, keep].clone(), v[:, :, keep].clone(), window, k.shape[-2])
+    def prefill(cls, k: torch.Tensor, v: torch.Tensor, window: int, step: int
+                ) -> WindowCache:
+        """A ring of w + ``step`` slots holding the last of k, v (B, H, L, D)."""
+        b, h, n, _ = k.shape
+        size = max(1, window + step)
+        ks = k.new_zeros(b, h, size, k.shape[-1])  # (B, H, S, D)
+        vs = v.new_zeros(b, h, size, v.shape[-1])  # (B, H, S, Dv)
+        held = torch.arange(max(0, n - size), n, device=k.device)  # positions kept
+        ks.index_copy_(2, held % size, k[:, :, held])
+        vs.index_copy_(2, held % size, v[:, :, held])
+        return cls(ks, vs, window, n)
 
-    def extended(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cached keys and values followed by the new ones: (B, H, <=w + t, D)."""
-        return torch.cat([self.k, k], dim=-2), torch.cat([self.v, v], dim=-2)
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> WindowCache:
+        """The ring with k, v (B, H, t, D) written over the slots of the t oldest positions
+        (the same slots on every call with this cache: repeatable)."""
+        t, size = k.shape[-2], self.k.shape[-2]
+        if t > size - self.window:
+            raise ValueError(f"a step of {t} tokens needs a ring of w + {t} slots; this one "
+                             f"has {size} for w = {self.window}")
+        slots = torch.arange(self.length, self.length + t, device=k.device) % size
+        self.k.index_copy_(2, slots, k)
+        self.v.index_copy_(2, slots, v)
+        return dataclasses.replace(self, length=self.length + t)
 
-    def after(self, k_all: torch.Tensor, v_all: torch.Tensor, t: int) -> WindowCache:
-        """The cache after a step of t tokens, from ``extended``'s tensors (views, no copy)."""
-        keep = slice(max(0, k_all.shape[-2] - self.window), None)
-        return WindowCache(k_all[:, :, keep], v_all[:, :, keep], self.window, self.length + t)
+    def positions(self) -> torch.Tensor:
+        """The position each slot holds, -1 for a slot not yet written: (S,)."""
+        size, last = self.k.shape[-2], self.length - 1
+        slot = torch.arange(size, device=self.k.device)
+        held = last - (last - slot) % size  # (S,) the newest position of each slot
+        return torch.where(held >= 0, held, -1)
+
+    def step_keep(self, t: int) -> torch.Tensor:
+        """Which slots each of the last t positions sees: query - key in [0, w], (t, S)."""
+        pos = self.positions()  # (S,)
+        gap = torch.arange(self.length - t, self.length, device=pos.device)[:, None] - pos
+        return (pos >= 0) & (gap >= 0) & (gap <= self.window)  # (t, S)
 
     def nbytes(self) -> int:
-        """Bytes held: at most w positions, whatever the context."""
+        """Bytes held: w + t slots, whatever the context."""
         return nbytes(self.k, self.v)
 
     def state(self) -> dict[str, torch.Tensor]:
-        """The logical contents, for the oracle."""
-        return {"k": self.k, "v": self.v}
+        """The logical contents, for the oracle: the last min(w, length) positions in order."""
+        held = torch.arange(max(0, self.length - self.window), self.length,
+                            device=self.k.device) % self.k.shape[-2]
+        return {"k": self.k.index_select(2, held), "v": self.v.index_select(2, held)}
 
 
 def prefill_kv(k: torch.Tensor, v: torch.Tensor, *, capacity: int, cfg: Any = None) -> KVCache:
@@ -124,14 +152,6 @@ def step_keep(t: int, n: int, device: torch.device | str) -> torch.Tensor | None
         return None
     query = torch.arange(n - t, n, device=device)[:, None]  # (t, 1) positions
     return torch.arange(n, device=device)[None, :] <= query  # (t, n)
-
-
-def window_step_keep(
-    t: int, n: int, window: int, device: torch.device | str
-) -> torch.Tensor:
-    """``step_keep`` within a causal window: query i - key j in [0, w], (t, n) bool."""
-    gap = torch.arange(n - t, n, device=device)[:, None] - torch.arange(n, device=device)
-    return (gap >= 0) & (gap <= window)  # (t, n)
 
 
 def block_step_keys(

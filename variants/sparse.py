@@ -52,7 +52,7 @@ import torch
 from variants import memory_models, patterns
 from variants import sparse_kernels as kernels
 from variants.contract import SparseSoftmax, Supports, always_available, default_scale
-from variants.decoding import KVCache, WindowCache, block_step_keys, window_step_keep
+from variants.decoding import KVCache, WindowCache, block_step_keys
 from variants.grouping import fold, group_size, per_group, repeat_rows, unfold
 from variants.naive import masked_softmax_attention
 
@@ -322,11 +322,6 @@ def attention(
     return out.view(b, h, nq, d).to(q.dtype)  # (B, H, Nq, D)
 
 
-def decode_unavailable(cfg: Config) -> str | None:
-    """Both patterns decode: the window from its last w keys, BigBird from a K/V cache."""
-    return None
-
-
 @dataclass(frozen=True)
 class BlockCache(KVCache):
     """BigBird's decode cache: every key and value (a later query block may draw any key
@@ -348,10 +343,10 @@ class BlockCache(KVCache):
 
 def prefill(k: torch.Tensor, v: torch.Tensor, *, capacity: int, cfg: Config = Config()
             ) -> WindowCache | BlockCache:
-    """The window's decode cache: the last w keys and values (B, Hkv, <=w, D), no more;
+    """The window's decode cache: a ring of the last w + t keys and values, no more;
     BigBird's: every key and value (``BlockCache``)."""
-    if cfg.pattern == "window":
-        return WindowCache.prefill(k, v, cfg.window)
+    if cfg.pattern == "window":  # a ring with room for the step's capacity - L tokens
+        return WindowCache.prefill(k, v, cfg.window, capacity - k.shape[-2])
     full = KVCache.prefill(k, v, capacity)
     return BlockCache(full.k, full.v, full.length, cfg)
 
@@ -360,17 +355,18 @@ def decode(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: WindowCache | BlockCache, *,
     scale: float | None = None, cfg: Config = Config(),
 ) -> tuple[torch.Tensor, WindowCache | BlockCache]:
-    """t new queries (B, H, t, D) under the pattern: the window's last w cached keys and the
-    new ones (query - key in [0, w]): O(w) per token whatever the context; BigBird's rows of
+    """t new queries (B, H, t, D) under the pattern: the window's ring of the last w + t
+    keys, the new ones written over the oldest (query - key in [0, w]): O(w) per token
+    whatever the context; BigBird's rows of
     the block table for all N + t positions, gathered from the cache: O((3 + g + r) block)
     per token, except in the global query blocks, which see every key."""
     scale, g = default_scale(q.shape[-1], scale), group_size(q, k)
     if isinstance(cache, WindowCache):
-        keys, values = cache.extended(k, v)  # (B, Hkv, <=w + t, D)
-        keep = window_step_keep(q.shape[-2], keys.shape[-2], cfg.window, q.device)  # (t, .)
-        out = masked_softmax_attention(fold(q, k.shape[1]), keys, values, scale,
-                                       repeat_rows(keep, g))  # (B, Hkv, G t, D)
-        return unfold(out, q.shape[1]), cache.after(keys, values, q.shape[-2])
+        cache = cache.append(k, v)  # the ring (B, Hkv, w + t, D), written in place
+        keep = cache.step_keep(q.shape[-2])  # (t, w + t)
+        out = masked_softmax_attention(fold(q, k.shape[1]), cache.k, cache.v, scale,
+                                       repeat_rows(keep, g))  # (B, Hkv, G t, Dv)
+        return unfold(out, q.shape[1]), cache
     pos, keep = cache.step_keys(q.shape[-2])  # (P,) kept key positions, (t, P)
     cache, pos = cache.append(k, v), pos.to(q.device)
     keys, values = (x.index_select(2, pos) for x in (cache.keys(), cache.values()))
