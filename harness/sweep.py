@@ -32,6 +32,7 @@ from harness.decode import predicted_step_bytes
 from harness.doctor import summary as doctor_summary
 from harness.fingerprint import fingerprint
 from harness.flops import measure_roof
+from harness.footprint import input_bytes
 from harness.grid import cases
 from harness.interop import to_pytest_benchmark
 from harness.longest import first_guess, search, templates, with_n
@@ -73,9 +74,9 @@ def predicted_bytes(case: Case) -> int | None:
     )
     if model is None:
         return None
-    s, element = case.shape, DTYPES[case.dtype].itemsize
-    q_dout = s.h * s.nq * (s.d + s.value_dim)
-    return model + element * s.b * (q_dout + s.kv_heads * s.nk * (s.d + s.value_dim))
+    s = case.shape  # inputs as a backward holds them (dout too): an upper bound
+    return model + input_bytes(s.b, s.h, s.kv_heads, s.nq, s.nk, s.d, s.value_dim,
+                               element=DTYPES[case.dtype].itemsize, dout=True)
 
 
 def skip_reason(case: Case, frontier: dict[tuple[Any, ...], int], s: SweepSettings,

@@ -357,9 +357,9 @@ def decode(
 ) -> tuple[torch.Tensor, WindowCache | BlockCache]:
     """t new queries (B, H, t, D) under the pattern: the window's ring of the last w + t
     keys, the new ones written over the oldest (query - key in [0, w]): O(w) per token
-    whatever the context; BigBird's rows of
-    the block table for all N + t positions, gathered from the cache: O((3 + g + r) block)
-    per token, except in the global query blocks, which see every key."""
+    whatever the context; BigBird's rows of the block table for all N + t positions,
+    gathered from the cache: O((3 + g + r) block) per token, except in the global query
+    blocks, which see every key."""
     scale, g = default_scale(q.shape[-1], scale), group_size(q, k)
     if isinstance(cache, WindowCache):
         cache = cache.append(k, v)  # the ring (B, Hkv, w + t, D), written in place
@@ -369,7 +369,8 @@ def decode(
         return unfold(out, q.shape[1]), cache
     pos, keep = cache.step_keys(q.shape[-2])  # (P,) kept key positions, (t, P)
     cache, pos = cache.append(k, v), pos.to(q.device)
-    keys, values = (x.index_select(2, pos) for x in (cache.keys(), cache.values()))
+    keys, values = (x.index_select(2, pos)  # (B, Hkv, P, D | Dv): the kept keys only
+                    for x in (cache.keys(), cache.values()))
     out = masked_softmax_attention(fold(q, k.shape[1]), keys, values, scale,
                                    repeat_rows(keep.to(q.device), g))  # (B, Hkv, G t, Dv)
     return unfold(out, q.shape[1]), cache  # (B, H, t, Dv)
